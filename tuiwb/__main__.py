@@ -1,0 +1,5 @@
+import sys
+
+from tuiwb.cli import main
+
+sys.exit(main())

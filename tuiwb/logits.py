@@ -1,0 +1,50 @@
+"""Next-token distributions: the numbers behind the logit pane and ``tuiwb logits``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from tuiwb.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class TokenProb:
+    """One row of a next-token distribution."""
+
+    token: str
+    """Decoded token text."""
+    id: int
+    """Token id."""
+    prob: float
+    """Softmax probability at the last position."""
+    logit: float
+    """Raw logit at the last position."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.inference_mode()
+def next_token_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """Logits at the last position of ``ids``: ``[vocab]`` float32 on CPU."""
+    input_ids = torch.tensor([ids], device=loaded.device)  # [1, pos]
+    out = loaded.model(input_ids=input_ids, use_cache=False)
+    return out.logits[0, -1].float().cpu()  # [vocab]
+
+
+def top_k(loaded: LoadedModel, logits: torch.Tensor, k: int = 10) -> list[TokenProb]:
+    """The ``k`` most likely next tokens, most likely first."""
+    probs = torch.softmax(logits.float(), dim=-1)  # [vocab]
+    k = min(k, probs.numel())
+    values, idx = probs.topk(k)
+    return [TokenProb(token=loaded.token_str(i), id=int(i), prob=float(p), logit=float(logits[i]))
+            for p, i in zip(values.tolist(), idx.tolist())]
+
+
+def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """KL(p ‖ q) in nats between two next-token distributions given as logits ``[..., vocab]``."""
+    logp = torch.log_softmax(p_logits.float(), dim=-1)
+    logq = torch.log_softmax(q_logits.float(), dim=-1)
+    return float((logp.exp() * (logp - logq)).sum(-1).mean())
