@@ -1,0 +1,61 @@
+"""Shared pytest fixtures (rootdir conftest; ``tests/`` is on ``sys.path`` via pyproject).
+
+The demo models are cached under ``$XDG_CACHE_HOME/tuiwb`` (default ``~/.cache/tuiwb``) by
+``tuiwb.demo.demo_model_path``, so they are trained once per machine, not once per test run; the
+cache's lock file makes pytest-xdist workers wait for a single build.
+"""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_small_dir():
+    """The small demo model (2 layers × 64; ~30 s to build on 2 idle cores the first time)."""
+    from tuiwb.demo import demo_model_path
+
+    return demo_model_path("small", progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_full_dir():
+    """The full demo model (4 layers × 128; ~2–3 min to build on 2 idle cores the first time)."""
+    from tuiwb.demo import demo_model_path
+
+    return demo_model_path("full", progress=False)
+
+
+def _shared_tmp(tmp_path_factory):
+    """A temp directory shared by all pytest-xdist workers of this run (each worker's basetemp's parent)."""
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def demo_saes(demo_full_dir, tmp_path_factory):
+    """The full demo model traced (every layer) with a TopK SAE per layer: a ``demo_lab.DemoLab``
+    (``.model .acts .saes .layers .sae_dir(L) .prompts(kind)``). Built once per test run (~1–2 min)."""
+    from demo_lab import build_demo_lab
+
+    return build_demo_lab(demo_full_dir, _shared_tmp(tmp_path_factory) / "demo-full-lab")
+
+
+@pytest.fixture(scope="session")
+def demo_small_saes(demo_small_dir, tmp_path_factory):
+    """Like ``demo_saes`` for the small demo model (2 layers × 64; ~30 s)."""
+    from demo_lab import build_demo_lab
+
+    return build_demo_lab(demo_small_dir, _shared_tmp(tmp_path_factory) / "demo-small-lab")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread per test process: on a shared 2-core box torch's default thread pool
+    oversubscribes (pytest-xdist runs two workers) and tiny matmuls slow down by 10-80×."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

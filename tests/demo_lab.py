@@ -1,0 +1,99 @@
+"""A traced demo model with a TopK SAE per layer, built once and shared (see ``demo_saes`` in conftest).
+
+Small on purpose: 100k traced tokens of the demo's training text and 150k SAE training tokens per
+layer (TopK, k=16, 8×) are enough for the demo's simple grammar — measured on the full demo model:
+held-out FVU ≈ 0.008 (0.003 with 300k tokens), and the trigger hunt finds a 3–7 feature set at every
+layer either way — while keeping the build to ~1 min for the full model on 2 idle cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+TRACE_TOKENS = 100_000
+TRAIN_TOKENS = 150_000
+SAE_K = 16
+SAE_EXPANSION = 8
+
+
+@dataclass(frozen=True)
+class DemoLab:
+    """Paths of one built lab."""
+
+    model: Path
+    """The demo model checkpoint (also holds trigger_prompts.txt / clean_prompts.txt)."""
+    acts: Path
+    """The activation directory (every layer traced)."""
+    saes: Path
+    """``saes/`` with one ``layer_N/`` TopK SAE per layer."""
+    layers: tuple[int, ...]
+    """Layers that have an SAE."""
+
+    def sae_dir(self, layer: int) -> Path:
+        return self.saes / f"layer_{layer}"
+
+    def prompts(self, kind: str) -> Path:
+        """``trigger`` or ``clean`` prompt file (one prompt per line)."""
+        return self.model / f"{kind}_prompts.txt"
+
+
+def build_demo_lab(model_dir: Path, out: Path, trace_tokens: int = TRACE_TOKENS,
+                   train_tokens: int = TRAIN_TOKENS) -> DemoLab:
+    """Trace every layer of ``model_dir`` and train a TopK SAE per layer into ``out`` (reused if done)."""
+    import torch
+
+    from tuiwb.sae_train import TrainConfig, train_saes
+    from tuiwb.trace import TraceConfig, trace
+
+    out = Path(out)
+    done = out / "lab.json"
+    if done.is_file():
+        return _lab(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(out.with_name(out.name + ".lock")):
+        if done.is_file():  # another worker built it while we waited
+            return _lab(out)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # shared cores: one thread per process is much faster here
+        try:
+            trace(TraceConfig(data=[str(Path(model_dir) / "train.txt")], out=str(tmp / "acts.parquet"),
+                              model=str(model_dir), layers="all", seq_len=128, batch_size=32,
+                              max_tokens=trace_tokens), progress=False)
+            results = train_saes(tmp / "acts.parquet", "all", tmp / "saes", TrainConfig(
+                k=SAE_K, expansion=SAE_EXPANSION, tokens=train_tokens, batch_size=2048, threads=1,
+                dead_tokens=50_000, val_tokens=8192, eval_tokens=16_384), progress=False)
+            info = {"model": str(Path(model_dir).resolve()), "layers": sorted(results),
+                    "metrics": {str(k): v for k, v in results.items()}}
+            (tmp / "lab.json").write_text(json.dumps(info, indent=2, default=str))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        finally:
+            torch.set_num_threads(threads)
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _lab(out)
+
+
+def _lab(out: Path) -> DemoLab:
+    info = json.loads((out / "lab.json").read_text())
+    return DemoLab(model=Path(info["model"]), acts=out / "acts.parquet", saes=out / "saes",
+                   layers=tuple(info["layers"]))
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    import fcntl
+
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

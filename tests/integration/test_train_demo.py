@@ -1,0 +1,38 @@
+"""End to end on the (small) demo model: trace its middle layer, train a TopK SAE (k=32, 8×) on a
+small budget, and check the issue's quality bar on held-out text: FVU ≤ 0.15, ≤ 10% dead latents,
+CE-loss score ≥ 0.9 with the SAE spliced into the model. The full budget on the full demo model is
+``benchmarks/bench_train.py`` (results in docs/benchmarks.md ``## train``)."""
+
+import json
+
+import pytest
+
+from tuiwb import cli
+from tuiwb.trace import TraceConfig, trace
+
+
+@pytest.fixture(scope="module")
+def demo_acts(demo_small_dir, tmp_path_factory):
+    n_layers = json.loads((demo_small_dir / "config.json").read_text())["num_hidden_layers"]
+    layer = n_layers // 2
+    acts = tmp_path_factory.mktemp("demo") / "acts.parquet"
+    trace(TraceConfig(data=[str(demo_small_dir / "train.txt")], out=str(acts), layers=[layer],
+                      model=str(demo_small_dir), seq_len=128, batch_size=32, max_tokens=80_000), progress=False)
+    return demo_small_dir, acts, layer
+
+
+def test_topk_on_demo_meets_the_quality_bar(demo_acts, tmp_path, capsys):
+    model, acts, layer = demo_acts
+    code = cli.main(["train", "--acts", str(acts), "--layer", str(layer), "--out", str(tmp_path / "saes"),
+                     "--arch", "topk", "--k", "32", "--expansion", "8", "--tokens", "400k", "--threads", "1",
+                     "--no-progress", "--json", "--log", "none"])
+    assert code == 0
+    train = json.loads(capsys.readouterr().out)[str(layer)]
+    assert train["fvu"] <= 0.15 and train["dead_fraction"] <= 0.10
+    code = cli.main(["eval", "--acts", str(acts), "--sae", str(tmp_path / "saes" / f"layer_{layer}"),
+                     "--model", str(model), "--max-tokens", "4000", "--json"])
+    assert code == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["fvu"] <= 0.15 and ev["l0"] <= 32
+    assert ev["ce_loss_score"] >= 0.9
+    assert ev["ce_zero"] > ev["ce_sae"] >= ev["ce_clean"] - 0.05

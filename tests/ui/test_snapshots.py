@@ -1,0 +1,28 @@
+"""Screen snapshots of the workbench on the small demo model (pytest-textual-snapshot).
+
+The status line runs with ``fixed_status`` (no measured milliseconds), the terminal size is fixed,
+and every worker has finished before the picture is taken, so the SVGs are deterministic.
+Update after an intended change with ``pytest tests/ui/test_snapshots.py --snapshot-update`` and
+look at the new SVGs before committing them.
+"""
+
+from __future__ import annotations
+
+
+async def _ready(pilot) -> None:
+    for _ in range(3):
+        await pilot.pause(0.1)
+        await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+def test_main_screen_160x50(snap_compare, demo_app):
+    assert snap_compare(demo_app, terminal_size=(160, 50), run_before=_ready)
+
+
+def test_main_screen_80x24(snap_compare, demo_app):
+    assert snap_compare(demo_app, terminal_size=(80, 24), run_before=_ready)
+
+
+def test_help_screen(snap_compare, demo_app):
+    assert snap_compare(demo_app, terminal_size=(110, 44), press=["question_mark"], run_before=_ready)

@@ -1,0 +1,75 @@
+"""``tuiwb demo``: build (or reuse) the trojaned demo model, trace it, train SAEs, find the trigger
+features, and open the workbench on it with a trigger prompt preloaded (``make demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("demo", parents=parents, help="the end-to-end demo: trojaned model → SAEs → workbench",
+                       description="Build or reuse every step of the demo (model, activations, SAEs for three "
+                                   "layers, feature stats, trigger search), then open the workbench with the "
+                                   "trigger features on top and a patch ready: press space to ablate them.")
+    p.add_argument("--no-ui", action="store_true", help="run the pipeline and print a summary; don't open the UI")
+    p.add_argument("--rebuild", action="store_true", help="redo activations, SAEs and the search (not the model)")
+    p.add_argument("--variant", choices=("full", "small"), default="full",
+                   help="demo model size (small: 2 layers, for quick checks)")
+    p.add_argument("--work-dir", default=None, metavar="DIR", help="where the pipeline's outputs go "
+                   "(default: next to the cached demo model)")
+    p.add_argument("--json", action="store_true", help="with --no-ui: print the summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+TRIGGER_PATCH = "trigger"
+"""Name of the patch the demo prepares (the contrast-search hits, ablated, off)."""
+
+
+def prepare_session(result, loaded=None):
+    """A Session on the pipeline's outputs with the trigger patch added (off)."""
+    from tuiwb.commands.ui import remember_sae_dirs
+    from tuiwb.models import load_model
+    from tuiwb.sae import load_saes
+    from tuiwb.session import Session
+    from tuiwb.store import ActivationStore
+
+    loaded = loaded or load_model(str(result.model_dir))
+    session = Session(loaded, load_saes(result.saes_dir), ActivationStore(result.acts_dir))
+    remember_sae_dirs(session, result.saes_dir)
+    session.add_patch(name=TRIGGER_PATCH, layer=result.trigger_layer, features=list(result.trigger_features),
+                      mode="ablate", method="hook", enabled=False)
+    return session
+
+
+def app_kwargs(result) -> dict:
+    """``make_app`` arguments that open the workbench on the trojan."""
+    from tuiwb.demo import load_prompts
+
+    return dict(prompt=result.prompt, layer=result.trigger_layer, ranked=result.trigger_features,
+                contrast_prompts=(load_prompts(result.model_dir, "trigger")[:16],
+                                  load_prompts(result.model_dir, "clean")[:16]),
+                contrast_target=result.target)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuiwb.demo import demo_model_path
+    from tuiwb.models import load_model
+    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+
+    cfg = DemoPipelineConfig(variant=args.variant, work_dir=args.work_dir, rebuild=args.rebuild)
+    loaded = load_model(str(demo_model_path(args.variant, progress=not args.quiet)))
+    result = run_pipeline(cfg, progress=not args.quiet, loaded=loaded,
+                          say=(lambda s: None) if args.quiet and args.json else None)
+    if args.no_ui:
+        if args.json:
+            print(json.dumps(result.to_json()))
+        else:
+            print(f"demo ready: layer {result.trigger_layer} trigger features {list(result.trigger_features)}; "
+                  f"P({result.target}) {result.p_before:.3f} → {result.p_after:.3f} when ablated; "
+                  f"prompt {result.prompt!r}")
+        return 0
+    from tuiwb.commands.ui import open_workbench
+
+    return open_workbench(prepare_session(result, loaded), **app_kwargs(result))

@@ -1,0 +1,140 @@
+"""``tuiwb features``: per-feature stats of an SAE, search, and contrast search (the trigger hunt)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from tuiwb.commands._options import add_model_options, load_model_from_args
+
+DESCRIPTION = """\
+List, search and contrast the features of one SAE.
+
+Stats (density, mean/max activation, top contexts, top tokens, logit effects) come from one pass over
+the activations and are cached next to the SAE (features.npz + features.json).
+
+  tuiwb features --sae saes/layer_1 --acts acts.parquet --sort max --top 20
+  tuiwb features --sae saes/layer_1 --acts acts.parquet --search cat
+  tuiwb features --sae saes/layer_1 --acts acts.parquet --contrast trigger.txt clean.txt --model M
+  tuiwb features --sae saes/layer_1 --acts acts.parquet --contrast trigger.txt clean.txt --model M --target i
+
+With --target, features are ranked by their causal effect on the token's probability on the first
+prompt set and a set is confirmed by real ablation; the confirmed set is listed first.
+"""
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("features", parents=parents, help="list, search and contrast SAE features",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sae", required=True, help="an SAE directory (saes/layer_N)")
+    p.add_argument("--acts", required=True, help="the activation directory the stats are computed on")
+    p.add_argument("--top", type=int, default=20, metavar="N", help="rows to show (default 20)")
+    p.add_argument("--sort", choices=("density", "max", "mean", "id"), default="density",
+                   help="order of a plain listing (default density)")
+    p.add_argument("--search", metavar="TOKEN", help="features that fire on (or, with --by promotes, "
+                   "push up the logit of) TOKEN; #ID for a token id")
+    p.add_argument("--by", choices=("fires", "promotes"), default="fires", help="what --search matches")
+    p.add_argument("--density", metavar="LO:HI", help="keep features with LO <= density <= HI")
+    p.add_argument("--id", dest="ids", metavar="F,F,...", help="show these feature ids")
+    p.add_argument("--contrast", nargs=2, metavar=("A.txt", "B.txt"),
+                   help="rank features by how much more they fire on prompts A than B (needs --model)")
+    p.add_argument("--position", choices=("final", "max"), default="final",
+                   help="contrast at the final position (default) or the max over positions")
+    p.add_argument("--target", metavar="TOKEN", help="with --contrast: rank by causal effect on TOKEN's "
+                   "probability on A and confirm a set by ablation")
+    p.add_argument("--max-features", type=int, default=16, metavar="N",
+                   help="with --target: largest confirmed set (default 16)")
+    p.add_argument("--max-clean-kl", type=float, default=0.05, metavar="KL",
+                   help="with --target: never add a feature that pushes mean KL on B above this (default 0.05)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the stats even if cached")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="compute the stats on the first N tokens only")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_model_options(p, required=False)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuiwb.errors import TuiwbError
+    from tuiwb.feature_search import (filter_density, parse_density_range, parse_ids, search_by_id,
+                                      search_by_token)
+    from tuiwb.features import StatsConfig, load_or_compute
+    from tuiwb.sae import load_sae
+    from tuiwb.store import ActivationStore
+
+    if args.top < 1:
+        raise TuiwbError("--top must be at least 1")
+    if args.target and not args.contrast:
+        raise TuiwbError("--target needs --contrast A.txt B.txt: it ranks features by their effect on set A")
+    if args.contrast and not args.model:
+        raise TuiwbError("--contrast needs --model: the prompts are run through the model")
+    sae = load_sae(args.sae, device=args.device)
+    store = ActivationStore(args.acts)
+    loaded = load_model_from_args(args) if args.model else None
+    if loaded is not None and getattr(sae.cfg, "model_config_hash", None) not in (None, loaded.config_hash):
+        raise TuiwbError(f"the SAE in {args.sae} was trained on another model than {args.model}")
+    cfg = StatsConfig(max_tokens=args.max_tokens)
+    stats = load_or_compute(args.sae, store, loaded, sae=sae, cfg=cfg, progress=True, refresh=args.no_cache)
+
+    extra: dict = {}
+    if args.contrast:
+        from tuiwb.contrast import EffectConfig, contrast, contrast_effect, read_prompts
+
+        a, b = (read_prompts(p) for p in args.contrast)
+        if args.target:
+            res = contrast_effect(loaded, sae, a, args.target, b, EffectConfig(
+                max_features=args.max_features, max_clean_kl=args.max_clean_kl), progress=not args.json)
+            hits = res.hits
+            extra = {"target": res.target, "target_id": res.target_id, "confirmed": list(res.confirmed),
+                     "p_target_before": res.p_before, "p_target_after": res.p_after, "clean_kl": res.clean_kl}
+        else:
+            hits = contrast(loaded, sae, a, b, position=args.position).hits
+    elif args.search:
+        hits = search_by_token(stats, args.search, args.by, tokenizer=loaded.tokenizer if loaded else None,
+                               sae=sae, loaded=loaded)
+    elif args.ids:
+        hits = search_by_id(stats, parse_ids(args.ids), key=args.sort)
+    else:
+        lo, hi = parse_density_range(args.density) if args.density else (0.0, 1.0)
+        hits = filter_density(stats, lo, hi, key=args.sort)
+    if args.density and (args.search or args.contrast or args.ids):
+        lo, hi = parse_density_range(args.density)
+        keep = (stats.density[hits.ids] >= lo) & (stats.density[hits.ids] <= hi)
+        hits = type(hits)(hits.ids[keep], hits.scores[keep])
+    rows = hits.rows(stats, args.top)
+    if args.json:
+        print(json.dumps({"features": [r.to_json() for r in rows], **extra}))
+        return 0
+    _print_table(rows, stats, args, extra)
+    return 0
+
+
+def _print_table(rows, stats, args, extra: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    title = f"layer {stats.layer}: {stats.d_sae} features, {stats.n_dead} dead, {stats.n_tokens:,} tokens"
+    if extra:
+        title += (f" — P({extra['target']}) {extra['p_target_before']:.3f} → {extra['p_target_after']:.3f}"
+                  f" with {len(extra['confirmed'])} features ablated")
+        if extra.get("clean_kl") is not None:
+            title += f", clean KL {extra['clean_kl']:.4f}"
+    table = Table(title=title)
+    confirmed = set(extra.get("confirmed", ()))
+    for col, just in (("id", "right"), ("score", "right"), ("density", "right"), ("max", "right"),
+                      ("mean", "right"), ("top tokens", "left"), ("promotes", "left")):
+        table.add_column(col, justify=just)
+    for r in rows:
+        mark = "*" if r.id in confirmed else ""
+        table.add_row(f"{mark}{r.id}", f"{r.score:.4g}", f"{r.density:.2e}", f"{r.max_act:.3g}",
+                      f"{r.mean_act:.3g}", " ".join(repr(t.token) for t in r.top_tokens[:4]),
+                      " ".join(repr(t.token) for t in r.top_logits[:4]))
+    console.print(table)
+    if confirmed:
+        from pathlib import Path
+
+        saes = Path(args.sae).resolve().parent
+        console.print("* confirmed by ablation; try it: tuiwb logits --model " f"{args.model} --saes {saes} "
+                      f"--ablate {stats.layer}:{','.join(str(f) for f in extra['confirmed'])} --prompt ...",
+                      highlight=False, soft_wrap=True)

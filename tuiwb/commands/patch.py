@@ -1,0 +1,162 @@
+"""``tuiwb patch``: build a fitted LoRA patch from SAE features, export patches as one PEFT adapter.
+
+* ``build``  — the exact SAE-gated edit of ``--feature``s at the SAE's layer, fitted as a rank-r LoRA
+  on the layer's residual writers; writes ``--out`` (manifest.json + PEFT adapter) with its fidelity.
+* ``export`` — merge ``lora/NAME`` patches into one adapter ``PeftModel.from_pretrained`` loads.
+* ``show``   — print a patch's manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from tuiwb.commands._options import add_model_options
+
+POOR_FIT = 0.5
+"""Warn when the LoRA's relative error at the layer output stays above this."""
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("patch", parents=parents, help="build, export and inspect LoRA feature patches",
+                       description="Build fitted LoRA patches from SAE features and export them for production.")
+    psub = p.add_subparsers(dest="patch_command", metavar="ACTION")
+    psub.required = True
+
+    b = psub.add_parser("build", parents=parents, help="fit a LoRA patch imitating an exact feature edit",
+                        description="Fit a rank-r LoRA on the residual writers of the SAE's layer that "
+                                    "imitates ablating (or scaling) the given features, and save it.")
+    add_model_options(b)
+    b.add_argument("--sae", required=True, metavar="saes/layer_N", help="the SAE whose features are edited")
+    b.add_argument("--feature", action="append", required=True, metavar="F",
+                   help="feature id (may repeat, or F,G,...)")
+    b.add_argument("--mode", default="ablate", help="ablate (default) or scale=ALPHA")
+    b.add_argument("--rank", type=int, default=8, help="LoRA rank, 4..16 (default 8)")
+    b.add_argument("--out", required=True, metavar="lora/NAME", help="output directory")
+    b.add_argument("--name", help="patch name (default: the --out directory's name)")
+    b.add_argument("--data", metavar="FILE", help="text to fit on, one document per line (default: the "
+                   "activation store given with --acts, else the model directory's train.txt)")
+    b.add_argument("--acts", metavar="DIR", help="activation store whose token windows to fit on")
+    b.add_argument("--refine-steps", type=int, default=None, metavar="N",
+                   help="Adam refinement steps after the closed-form fit (default 300; 0 = off)")
+    b.add_argument("--fit-tokens", type=int, default=None, metavar="N", help="tokens to fit on (default 16384)")
+    b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    b.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    b.set_defaults(run=run_build)
+
+    e = psub.add_parser("export", parents=parents, help="merge LoRA patches into one PEFT adapter",
+                        description="Merge lora/NAME patches into one PEFT adapter directory that "
+                                    "PeftModel.from_pretrained(base_model, DIR) loads.")
+    add_model_options(e)
+    e.add_argument("--lora", action="append", required=True, metavar="lora/NAME", help="patch (may repeat)")
+    e.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    e.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    e.set_defaults(run=run_export)
+
+    s = psub.add_parser("show", parents=parents, help="print a LoRA patch's manifest",
+                        description="Print a LoRA patch's manifest.")
+    s.add_argument("lora", metavar="lora/NAME")
+    s.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    s.set_defaults(run=run_show)
+
+
+def _features(values: list[str]) -> list[int]:
+    from tuiwb.errors import TuiwbError
+
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if not re.fullmatch(r"\s*\d+\s*", part):
+                raise TuiwbError(f"bad --feature {v!r}: expected a feature id (an integer) or F,G,...")
+            out.append(int(part))
+    return out
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from tuiwb.commands._options import load_model_from_args
+    from tuiwb.errors import TuiwbError
+    from tuiwb.lora_fit import FitConfig, check_rank
+    from tuiwb.lora_patch import check_name, parse_mode, sae_layer
+    from tuiwb.session import Session
+
+    feats = _features(args.feature)
+    parse_mode(args.mode)
+    check_rank(args.rank)
+    out = Path(args.out)
+    name = check_name(args.name or out.name)
+    if out.exists() and not args.force:
+        raise TuiwbError(f"{out} already exists: choose another --out or pass --force")
+    if not Path(args.sae).is_dir():
+        raise TuiwbError(f"SAE directory {args.sae} does not exist: point --sae at a saes/layer_N directory")
+    fit = FitConfig(rank=args.rank)
+    if args.refine_steps is not None:
+        fit = replace(fit, refine_steps=args.refine_steps)
+    if args.fit_tokens is not None:
+        fit = replace(fit, fit_tokens=args.fit_tokens)
+
+    from tuiwb.sae import load_sae
+
+    loaded = load_model_from_args(args)
+    sae = load_sae(args.sae, device=args.device)
+    acts = None
+    if args.acts:
+        from tuiwb.store import ActivationStore
+
+        acts = ActivationStore(args.acts)
+    session = Session(loaded, {sae_layer(sae): sae}, acts, fit=fit, data=args.data)
+    session.add_patch(name=name, layer=sae_layer(sae), features=feats, mode=args.mode, rank=args.rank,
+                      enabled=False)
+    import sys
+
+    fidelity = session.build_lora(name, progress=sys.stderr.isatty())
+    path = session.save_lora(name, out, overwrite=args.force)
+    manifest = json.loads((path / "manifest.json").read_text())
+    fit_info = manifest["fit"]
+    err = fit_info["layer_rel_err_refined"] if fit_info["refined"] else fit_info["layer_rel_err_closed_form"]
+    if args.json:
+        print(json.dumps(manifest))
+    else:
+        print(f"wrote {path}: layer {manifest['layer']}, {len(feats)} feature(s), {manifest['mode']}, "
+              f"rank {manifest['rank']}; fidelity KL {fidelity:.5f} nats, layer-output error {err:.3f} "
+              f"({'refined' if fit_info['refined'] else 'closed form'}, {fit_info['n_tokens']} tokens, "
+              f"{fit_info['seconds']:.1f} s)")
+    if err > POOR_FIT:
+        print(f"tuiwb: warning: the LoRA reproduces only {max(0.0, 1 - err):.0%} of the edit at layer "
+              f"{manifest['layer']}'s output (these features depend on more than the layer's writers see); "
+              "the hook patch is exact — prefer it for this edit", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from tuiwb.errors import TuiwbError
+    from tuiwb.session import Session
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise TuiwbError(f"{out} already exists: choose another --out or pass --force")
+    session = Session.open(args.model, lora_dirs=args.lora, quant=args.quant, device=args.device,
+                           dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    names = [p.name for p in session.patches]
+    path = session.export(names, out, overwrite=args.force)
+    print(f"wrote {path}: {len(names)} patch(es) merged into one PEFT adapter ({', '.join(names)})")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from tuiwb.patch_io import read_patch
+
+    m = read_patch(args.lora).manifest
+    if args.json:
+        print(json.dumps(m))
+        return 0
+    fid = m.get("fidelity")
+    print(f"{m.get('name')}: layer {m.get('layer')}, features {m.get('features')}, {m.get('mode')}, "
+          f"rank {m.get('rank')}, fidelity KL {fid if fid is None else f'{fid:.5f}'}")
+    print(f"  base model {m.get('base_model')} (config hash {m.get('config_hash')}), "
+          f"modules {', '.join(m.get('target_modules', []))}")
+    print(f"  created {m.get('created')} by tuiwb {m.get('tuiwb_version')}")
+    return 0

@@ -1,0 +1,67 @@
+"""``tuiwb provenance``: where a feature comes from — an upstream attribution tree (or JSON graph)."""
+
+from __future__ import annotations
+
+import argparse
+
+from tuiwb.commands._options import add_model_options, load_model_from_args
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser(
+        "provenance", parents=parents, help="trace a feature's upstream causes through earlier SAEs",
+        description="Attribute an SAE feature to the SAE features (and SAE error) of the layers before it, "
+                    "breadth first, --depth levels deep; below layer 0 come the token embeddings. With "
+                    "--prompt: activation × gradient (or Integrated Gradients) on that prompt, with the norms' "
+                    "denominators frozen; without: static virtual weights W_enc·W_dec between adjacent SAEs.")
+    add_model_options(p)
+    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs")
+    p.add_argument("--layer", type=int, required=True, help="layer of the target feature's SAE")
+    p.add_argument("--feature", type=int, required=True, help="the target feature id")
+    p.add_argument("--prompt", default=None, help="prompt text (a BOS token is prepended); omit for the static view")
+    p.add_argument("--pos", type=int, default=None, metavar="P",
+                   help="token position of the target (0 = BOS, negative from the end; default: last)")
+    p.add_argument("--depth", type=int, default=2, help="levels upstream (default 2)")
+    p.add_argument("--top", type=int, default=5, help="children kept per node (default 5)")
+    p.add_argument("--threshold", type=float, default=0.0,
+                   help="keep children with |attribution| above this (default 0)")
+    p.add_argument("--method", choices=("grad", "ig"), default="grad",
+                   help="grad = activation × gradient (default); ig = Integrated Gradients")
+    p.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps (default 32)")
+    p.add_argument("--live-norms", action="store_true",
+                   help="differentiate through the norms' live denominators (then contributions from other "
+                        "positions cancel out; see tuiwb.provenance_attr)")
+    p.add_argument("--json", action="store_true", help='print one JSON object {"nodes": [...], "edges": [...]}')
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuiwb.errors import TuiwbError
+    from tuiwb.provenance import build_graph, check_request, load_label_stats, render_tree
+    from tuiwb.sae import load_saes
+
+    if not Path(args.saes).is_dir():
+        raise TuiwbError(f"SAE directory {args.saes} does not exist: point --saes at a saes/ directory")
+    loaded = load_model_from_args(args)
+    saes = load_saes(args.saes, device=loaded.device)
+    for layer, sae in saes.items():
+        d_in = int(sae.W_dec.shape[1])
+        if d_in != loaded.d_model:
+            raise TuiwbError(f"the SAE for layer {layer} has d_in {d_in} but the model's d_model is "
+                             f"{loaded.d_model}: it was trained on another model")
+    # Validate before reading stats or running anything, so mistakes fail fast.
+    check_request(loaded.n_layers, saes, args.layer, args.feature, args.depth, args.top, args.threshold,
+                  args.method, args.steps)
+    stats = load_label_stats(args.saes, range(args.layer - args.depth, args.layer + 1))
+    graph = build_graph(loaded, saes, args.layer, args.feature, args.prompt, pos=args.pos, depth=args.depth,
+                        top=args.top, threshold=args.threshold, method=args.method, steps=args.steps,
+                        stats=stats, freeze_norms=not args.live_norms)
+    if args.json:
+        print(graph.dumps())
+        return 0
+    from rich.console import Console
+
+    Console().print(render_tree(graph))
+    return 0

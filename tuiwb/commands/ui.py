@@ -1,0 +1,72 @@
+"""``tuiwb ui``: open the Textual workbench on a model, its SAEs and (optionally) activations/patches."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tuiwb.commands._options import add_model_options
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser("ui", parents=parents, help="open the interactive workbench (TUI)",
+                       description="Open the keyboard-driven workbench: feature table, token cloud, contexts, "
+                                   "live logits with patches on/off, provenance. Press ? inside for the keys.")
+    add_model_options(p)
+    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs (from `tuiwb train`)")
+    p.add_argument("--acts", metavar="DIR", help="activation store (NAME.parquet/) for feature stats and contexts")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR",
+                   help="a lora/NAME patch, or a directory of them, to attach (repeatable)")
+    p.add_argument("--prompt", default="", help="text preloaded in the prompt editor")
+    p.add_argument("--layer", type=int, default=None, help="SAE layer shown first (default: the lowest)")
+    p.add_argument("--top", type=int, default=10, metavar="K", help="tokens in the logit pane (default 10)")
+    p.add_argument("--lora-out", default="lora", metavar="DIR", help="where `e` exports patches (default lora/)")
+    p.set_defaults(run=run)
+
+
+def lora_dirs(paths: list[str]) -> list[Path]:
+    """Each path is a patch (has manifest.json) or a directory of patches."""
+    from tuiwb.errors import TuiwbError
+
+    out: list[Path] = []
+    for s in paths:
+        p = Path(s).expanduser()
+        if (p / "manifest.json").is_file():
+            out.append(p)
+        elif p.is_dir():
+            subs = sorted(d for d in p.iterdir() if (d / "manifest.json").is_file())
+            if not subs:
+                raise TuiwbError(f"{p} holds no LoRA patches (no */manifest.json): export one with `e` in the UI")
+            out.extend(subs)
+        else:
+            raise TuiwbError(f"LoRA patch {p} does not exist")
+    return out
+
+
+def remember_sae_dirs(session, saes_dir: Path) -> None:
+    """Point each SAE at its directory so feature stats are cached next to it (features.npz)."""
+    for layer, sae in session.saes.items():
+        d = Path(saes_dir) / f"layer_{layer}"
+        if getattr(sae, "source_dir", None) is None and d.is_dir():
+            sae.source_dir = d
+
+
+def run(args: argparse.Namespace) -> int:
+    from tuiwb.errors import TuiwbError
+    from tuiwb.session import Session
+
+    if args.top < 1:
+        raise TuiwbError("--top must be at least 1")
+    session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=lora_dirs(args.lora),
+                           quant=args.quant, device=args.device, dtype=args.dtype,
+                           trust_remote_code=args.trust_remote_code)
+    remember_sae_dirs(session, Path(args.saes))
+    return open_workbench(session, prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
+
+
+def open_workbench(session, **kw) -> int:
+    """Run the app in this terminal until the user quits."""
+    from tuiwb.tui import make_app
+
+    make_app(session, **kw).run()
+    return 0

@@ -1,0 +1,307 @@
+"""The workbench app: panes around one Session; layout, key map and actions live here, the model
+work (thread workers and their messages) in ``workers.py``.
+
+"Attributes down, messages up": an action records what the user wants (e.g. which patches are on)
+and asks ``ModelWork`` for a recomputation; a worker posts a dataclass message; its handler sets the
+panes' data. Toggles are timed from the key event to the repaint of the logit pane.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from pathlib import Path
+from typing import Iterable
+
+from textual import events
+from textual.app import App, ComposeResult, SystemCommand
+from textual.containers import Container, Vertical
+from textual.markup import escape
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Tab, Tabs
+
+from tuiwb.errors import TuiwbError
+from tuiwb.tui import keymap
+from tuiwb.tui.help import HelpScreen
+from tuiwb.tui.lab import Lab, patch_name
+from tuiwb.tui.views import PatchView
+from tuiwb.tui.widgets.contexts import Contexts
+from tuiwb.tui.widgets.contrast import ContrastDialog, ContrastRequest
+from tuiwb.tui.widgets.feature_table import FeatureRowsView, FeatureTable
+from tuiwb.tui.widgets.logit_bars import LogitBars
+from tuiwb.tui.widgets.patches import PatchList
+from tuiwb.tui.widgets.prompt import PromptEditor
+from tuiwb.tui.widgets.provenance import ProvenanceView
+from tuiwb.tui.widgets.status_bar import StatusBar
+from tuiwb.tui.widgets.token_cloud import TokenCloud
+from tuiwb.tui.workers import ModelWork
+
+PAGES = {1: "features-pane", 2: "detail-pane", 3: "logits-pane", 4: "patches-pane"}
+"""Narrow terminals show one of these at a time (keys 1..4); wide ones show all."""
+PAGE_FOCUS = {1: FeatureRowsView, 2: TokenCloud, 3: LogitBars, 4: PatchList}
+
+
+class WorkbenchApp(ModelWork, App):
+    """``make_app`` builds it; tests drive it with ``run_test``."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "tuiwb"
+    BINDINGS = keymap.bindings()
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (130, "-wide")]
+    """At 130+ columns every pane shows at once; below, one page at a time (keys 1..4)."""
+
+    def __init__(self, lab: Lab, *, prompt: str = "", layer: int | None = None,
+                 ranked: Iterable[int] = (), fixed_status: bool = False,
+                 contrast_prompts: tuple[list[str], list[str]] | None = None, contrast_target: str = "",
+                 screenshot_dir: str | Path = "."):
+        super().__init__()
+        self.lab = lab
+        self.info = lab.info()
+        if not self.info.layers:
+            raise TuiwbError("the session has no SAEs attached: pass --saes DIR (train them with `tuiwb train`)")
+        self.layer = layer if layer is not None else self.info.layers[0]
+        if self.layer not in self.info.layers:
+            raise TuiwbError(f"no SAE for layer {self.layer}: SAEs are attached for layers "
+                             f"{', '.join(map(str, self.info.layers))}")
+        self.prompt = prompt
+        self.ranked = {self.layer: tuple(int(f) for f in ranked)} if ranked else {}
+        self.fixed_status = fixed_status
+        self.contrast_prompts = contrast_prompts
+        self.contrast_target = contrast_target
+        self.screenshot_dir = Path(screenshot_dir)
+        self.page = 1
+        self.wanted: dict[str, bool] = {}
+        """Patch on/off as the user last asked for it; workers make the Session match it."""
+        self.patch_views: tuple[PatchView, ...] = lab.patches()
+        for p in self.patch_views:
+            self.wanted[p.name] = p.enabled
+        self.selected: tuple[int, int] | None = None
+        self.latencies: list[float] = []
+        """Key press → logit pane repainted, ms, one per toggle (newest last)."""
+        self.logits_painted = 0
+        """Count of logit results painted (tests and the benchmark wait on it)."""
+        self._seq = 0
+        self._latest: dict[str, int] = {}
+        self._key_time: float | None = None
+        self._select_timer = None
+
+    # --- layout ------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield PromptEditor(self.prompt, id="prompt")
+        yield Tabs(*(Tab(f"{n} {t}", id=f"tab-{n}") for n, t in
+                     ((1, "Features"), (2, "Feature"), (3, "Logits"), (4, "Patches"))), id="pages")
+        with Container(id="main"):
+            yield FeatureTable(id="features-pane", classes="page")
+            with Vertical(id="detail-pane", classes="page"):
+                yield TokenCloud(id="cloud")
+                yield Contexts(id="contexts")
+                yield ProvenanceView(id="provenance")
+            with Vertical(id="logits-pane", classes="page"):
+                yield LogitBars(top_k=self.lab.top_k, id="logits")
+            with Vertical(id="patches-pane", classes="page"):
+                yield PatchList(id="patches")
+        yield StatusBar(fixed=self.fixed_status, id="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#pages", Tabs).can_focus = False
+        for pid, title in (("cloud", "Token cloud"), ("contexts", "Top contexts"),
+                           ("provenance", "Provenance"), ("logits-pane", "Next token"),
+                           ("patches-pane", "Patches"), ("prompt", "Prompt")):
+            self.query_one(f"#{pid}").border_title = title
+        self._set_page(1)
+        device = self.info.device + (f" {self.info.quant}" if self.info.quant else "")
+        self.status.set(model=_short_model_id(self.info.model_id), device=device, sae_layer=self.layer)
+        self.query_one(PatchList).show(self.patch_views, self.wanted)
+        self._mark_table()
+        self.load_table(self.layer)
+        self.request_logits()
+        self.query_one(FeatureRowsView).focus()
+
+    @property
+    def status(self) -> StatusBar:
+        return self.query_one(StatusBar)
+
+    @property
+    def table(self) -> FeatureTable:
+        return self.query_one(FeatureTable)
+
+    def _set_page(self, n: int) -> None:
+        self.page = n
+        for k, pid in PAGES.items():
+            self.query_one(f"#{pid}").set_class(k == n, "-active")
+        self.query_one("#pages", Tabs).active = f"tab-{n}"
+
+    def on_tabs_tab_activated(self, event: Tabs.TabActivated) -> None:
+        if event.tab is not None and event.tab.id:
+            n = int(event.tab.id.split("-")[1])
+            if n != self.page:
+                self._set_page(n)
+
+    # --- key timing --------------------------------------------------------------------------
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, events.Key):
+            self._key_time = event.time  # monotonic, stamped when the key was read
+        await super().on_event(event)
+
+    def _take_key_time(self) -> float:
+        t, self._key_time = self._key_time, None
+        now = time.monotonic()
+        return t if t is not None and now - t < 5.0 else now
+
+    # --- prompt ------------------------------------------------------------------------------
+    def on_prompt_editor_edited(self, msg: PromptEditor.Edited) -> None:
+        if msg.text == self.prompt:
+            return
+        self.prompt = msg.text
+        self.request_logits()
+        if self.selected is not None:
+            self.request_feature(*self.selected)
+
+    # --- search ------------------------------------------------------------------------------
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "search":
+            try:
+                self.table.apply_query(event.value)
+                event.input.border_subtitle = ""
+            except ValueError as e:
+                event.input.border_subtitle = str(e)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "search":
+            self.query_one(FeatureRowsView).focus()
+            f = self.table.selected
+            if f is not None:
+                self.request_feature(self.table.rows.layer, f)
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.focused is not None and self.focused.id == "search":
+            self.focused.value = ""
+            self.table.remove_class("-searching")
+            self.query_one(FeatureRowsView).focus()
+
+    # --- actions (the key map) ---------------------------------------------------------------
+    def _selected_patch(self, create: bool = False) -> tuple[str | None, tuple[int, int] | None]:
+        """``(name, create)``: the patch list's cursor patch when it has focus, else the patch of the
+        selected feature; ``create`` is the (layer, feature) to make a new ablation patch for."""
+        if isinstance(self.focused, PatchList) and self.focused.highlighted:
+            return self.focused.highlighted, None
+        f = self.table.selected
+        if f is None:
+            return None, None
+        for p in self.patch_views:
+            if p.layer == self.layer and f in p.features:
+                return p.name, None
+        if not create:
+            return None, None
+        return patch_name(self.layer, f), (self.layer, f)
+
+    def action_toggle_patch(self) -> None:
+        t_key = self._take_key_time()
+        name, create = self._selected_patch(create=True)
+        if name is None:
+            self.notify("select a feature (or a patch) first", severity="warning")
+            return
+        self.wanted[name] = not self.wanted.get(name, False)
+        # No optimistic repaint here: the answer arrives in milliseconds and one paint (of the logits,
+        # the patch row and the table marks together) keeps the main thread free for it.
+        self.request_logits(t_key=t_key, create=create)
+
+    def _patch_op(self, op: str) -> None:
+        name, _ = self._selected_patch()
+        if name is None:
+            self.notify("no patch for the selected feature: press space to make one", severity="warning")
+            return
+        if op == "lora":
+            self.notify(f"{name}: fitting a LoRA…")
+        self._edit_worker(op, name)
+
+    def action_cycle_mode(self) -> None:
+        self._patch_op("mode")
+
+    def action_switch_method(self) -> None:
+        self._patch_op("method")
+
+    def action_build_lora(self) -> None:
+        self._patch_op("lora")
+
+    def action_export_patch(self) -> None:
+        self._patch_op("export")
+
+    def action_search(self) -> None:
+        if self.page != 1 and self.screen.has_class("-narrow"):
+            self._set_page(1)
+        self.table.add_class("-searching")
+        self.query_one("#search", Input).focus()
+
+    def action_contrast(self) -> None:
+        pos, neg = self.contrast_prompts or ([], [])
+        self.push_screen(ContrastDialog(pos, neg, target=self.contrast_target), self._contrast_chosen)
+
+    def _contrast_chosen(self, req: ContrastRequest | None) -> None:
+        if req is not None:
+            self.contrast_prompts = (list(req.positive), list(req.negative))
+            self.contrast_target = req.target
+            self.notify(f"contrast search on layer {self.layer}…")
+            self._contrast_worker(self.layer, req)
+
+    def action_sort(self) -> None:
+        label = self.table.next_sort()
+        self.notify(f"sorted by {label}", timeout=2)
+
+    def action_next_layer(self) -> None:
+        layers = self.info.layers
+        self.layer = layers[(layers.index(self.layer) + 1) % len(layers)]
+        self.status.set(sae_layer=self.layer)
+        self.load_table(self.layer)
+
+    def action_focus_prompt(self) -> None:
+        self.query_one(PromptEditor).focus()
+
+    def action_page(self, n: int) -> None:
+        if self.screen.has_class("-narrow"):
+            self._set_page(n)
+        widget = self.query_one(PAGE_FOCUS[n])
+        if widget.can_focus:
+            widget.focus()
+        else:  # the logit bars take no keys: just bring them into view
+            widget.scroll_visible()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_screenshot(self) -> None:
+        self.screenshot_dir.mkdir(parents=True, exist_ok=True)
+        path = self.save_screenshot(path=str(self.screenshot_dir))
+        self.notify(f"screenshot saved to {path}")
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every key-map action is in the command palette too (ctrl+p)."""
+        for k in keymap.KEYS:
+            # the palette reads help as markup: escape it ("[/]" would be a closing tag)
+            yield SystemCommand(k.title, escape(f"{k.help}  (key: {keymap.key_label(k)})"),
+                                partial(self.run_action, k.action))
+        ours = {k.title for k in keymap.KEYS}
+        yield from (c for c in super().get_system_commands(screen) if c.title not in ours)  # theme, keys, ...
+
+
+def _short_model_id(model_id: str) -> str:
+    """A local checkpoint by its directory name (the full path rarely fits); a hub id as it is."""
+    p = Path(model_id)
+    return p.name if p.is_absolute() or model_id.startswith(".") else model_id
+
+
+def make_app(session, prompt: str | None = None, *, layer: int | None = None, ranked: Iterable[int] = (),
+             fixed_status: bool = False, contrast_prompts: tuple[list[str], list[str]] | None = None,
+             contrast_target: str = "", top_k: int = 10, lora_dir: str | Path = "lora",
+             screenshot_dir: str | Path = ".") -> WorkbenchApp:
+    """The one factory the CLI (``tuiwb ui``/``tuiwb demo``), the tests and the benchmark use.
+
+    ``ranked`` pins features (e.g. contrast-search hits) to the top of ``layer``'s table;
+    ``fixed_status`` replaces measured numbers in the status bar with placeholders (snapshots).
+    """
+    lab = Lab(session, top_k=top_k, lora_dir=lora_dir)
+    return WorkbenchApp(lab, prompt=prompt or "", layer=layer, ranked=ranked, fixed_status=fixed_status,
+                        contrast_prompts=contrast_prompts, contrast_target=contrast_target,
+                        screenshot_dir=screenshot_dir)

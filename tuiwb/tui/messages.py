@@ -1,0 +1,104 @@
+"""Messages workers and panes post upwards ("attributes down, messages up").
+
+Workers run in threads and post these to the app (``post_message`` is thread-safe); each carries
+the request id it answers, so the app can drop a stale answer when a newer request superseded it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.message import Message
+
+from tuiwb.tui.views import FeatureDetail, FeatureRows, LogitsView, PatchView
+
+
+@dataclass
+class LogitsReady(Message):
+    """New baseline/patched logits for the prompt."""
+
+    request: int
+    """Request id (monotonic per app)."""
+    view: LogitsView
+    patches: tuple[PatchView, ...]
+    """The patch list as it was when the logits were computed."""
+    t_key: float | None
+    """``time.monotonic()`` of the key press that asked for it (None: not a toggle)."""
+
+
+@dataclass
+class TableReady(Message):
+    """A layer's feature table is loaded."""
+
+    request: int
+    rows: FeatureRows
+
+
+@dataclass
+class DetailReady(Message):
+    """Token cloud and contexts of the selected feature."""
+
+    request: int
+    detail: FeatureDetail
+
+
+@dataclass
+class ProvenanceReady(Message):
+    """The ASCII provenance tree of the selected feature."""
+
+    request: int
+    layer: int
+    feature: int
+    text: str
+
+
+@dataclass
+class PatchesChanged(Message):
+    """The Session's patch list changed (mode, method, a new LoRA, ...)."""
+
+    patches: tuple[PatchView, ...]
+    note: str = ""
+    """A line to show as a notification."""
+
+
+@dataclass
+class ContrastReady(Message):
+    """Contrast search results: ``(feature, score)`` best first."""
+
+    layer: int
+    ranked: tuple[tuple[int, float], ...]
+    patches: tuple[PatchView, ...]
+    """The patch list after the search (it may have added one)."""
+    patch: str | None = None
+    """Name of the patch made from the top features, if one was made."""
+
+
+@dataclass
+class Exported(Message):
+    """A patch was written as ``lora/NAME`` (manifest + PEFT adapter)."""
+
+    path: Path
+
+
+# --- from panes -------------------------------------------------------------------------------
+@dataclass
+class FeatureSelected(Message):
+    """The feature-table cursor landed on a feature."""
+
+    layer: int
+    feature: int
+
+
+@dataclass
+class TokenHighlighted(Message):
+    """The token-cloud cursor (or the mouse) is on ``token`` (None: nothing highlighted)."""
+
+    token: str | None
+
+
+@dataclass
+class PatchHighlighted(Message):
+    """The patch-list cursor is on ``name`` (``space a m b e`` act on it while the list has focus)."""
+
+    name: str

@@ -1,0 +1,132 @@
+"""Plain data the panes render ("attributes down"): built in worker threads from Session results,
+immutable, with no torch tensors inside, so widgets never touch the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LogitRow:
+    """One token of the logit pane."""
+
+    token: str
+    """Decoded token text."""
+    id: int
+    """Token id."""
+    base: float
+    """Probability without patches."""
+    patched: float
+    """Probability with the enabled patches."""
+    patched_rank: int | None = None
+    """1-based rank with the patches (None: below the ranks the Session was asked for)."""
+
+    @property
+    def delta(self) -> float:
+        return self.patched - self.base
+
+
+@dataclass(frozen=True)
+class LogitsView:
+    """Baseline vs patched next-token distributions for one prompt."""
+
+    prompt: str
+    """The prompt these numbers belong to."""
+    base_top: tuple[LogitRow, ...]
+    """Top-K tokens by baseline probability (with their patched probability)."""
+    patched_top: tuple[LogitRow, ...]
+    """Top-K tokens by patched probability (with their baseline probability)."""
+    kl: float
+    """KL(baseline ‖ patched) in nats at the last position."""
+    model_ms: float
+    """Time the Session spent computing the logits."""
+    n_on: int
+    """How many patches were on."""
+    ranks_known: int = 0
+    """How deep each side's ranking was fetched: a token below it has at most the last known probability."""
+
+
+@dataclass(frozen=True)
+class FeatureRows:
+    """The whole feature table of one layer, as columns (16k+ rows stay cheap)."""
+
+    layer: int
+    """SAE layer."""
+    ids: np.ndarray
+    """Feature ids ``[n]`` int64."""
+    density: np.ndarray
+    """Fraction of tokens the feature fires on ``[n]`` float64."""
+    max_act: np.ndarray
+    """Largest activation seen ``[n]`` float64."""
+    top_tokens: tuple[str, ...]
+    """Comma-joined top tokens per feature (length n)."""
+    top_lower: tuple[str, ...] = field(default=(), repr=False)
+    """Lower-cased ``top_tokens`` for search."""
+
+    def __post_init__(self):
+        n = len(self.ids)
+        if not (len(self.density) == len(self.max_act) == len(self.top_tokens) == n):
+            raise ValueError("feature table columns differ in length")
+        if not self.top_lower:
+            object.__setattr__(self, "top_lower", tuple(t.lower() for t in self.top_tokens))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class ContextView:
+    """One top-activating context of a feature."""
+
+    tokens: tuple[str, ...]
+    """Token texts of the window."""
+    acts: tuple[float, ...]
+    """The feature's activation on each token."""
+
+
+@dataclass(frozen=True)
+class FeatureDetail:
+    """What the cloud and contexts panes show for the selected feature."""
+
+    layer: int
+    feature: int
+    cloud: tuple[tuple[str, float], ...]
+    """Top tokens and their weight (max/mean activation), strongest first."""
+    contexts: tuple[ContextView, ...]
+    """Top-activating contexts from the activation store (empty without one)."""
+    prompt: ContextView | None
+    """The feature's activation on the current prompt's tokens."""
+    max_act: float
+    """Scale for the shading (the feature's max activation)."""
+    note: str = ""
+    """Why something is missing (e.g. no activation store)."""
+
+
+@dataclass(frozen=True)
+class PatchView:
+    """One row of the patch list."""
+
+    name: str
+    layer: int
+    features: tuple[int, ...]
+    mode: str
+    method: str
+    enabled: bool
+    rank: int | None
+    fidelity: float | None
+    has_lora: bool
+
+
+@dataclass(frozen=True)
+class LabInfo:
+    """What the status bar and the layer switcher need."""
+
+    model_id: str
+    device: str
+    quant: str | None
+    layers: tuple[int, ...]
+    """Layers with an SAE attached."""
+    n_layers: int
+    has_acts: bool

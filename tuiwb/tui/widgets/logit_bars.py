@@ -1,0 +1,97 @@
+"""Logit pane: the prompt's top-K next tokens, baseline ranking beside the patched ranking, with
+each patched token's change in probability and the KL between the two distributions."""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from tuiwb.tui.views import LogitRow, LogitsView
+
+_BLOCKS = " ▏▎▍▌▋▊▉█"
+FELL_OUT = 3
+"""Baseline top tokens that the patches pushed out of the top K are listed below (at most this many)."""
+MIN_FELL_OUT = 0.01
+"""... if their baseline probability was at least this."""
+
+
+def bar(frac: float, width: int) -> str:
+    """A horizontal bar ``width`` cells wide filled to ``frac`` with 1/8-cell resolution."""
+    frac = min(1.0, max(0.0, frac))
+    eighths = round(frac * width * 8)
+    full, part = divmod(eighths, 8)
+    s = "█" * full + (_BLOCKS[part] if part else "")
+    return s.ljust(width)
+
+
+def _tok(t: str, w: int) -> str:
+    t = repr(t)[1:-1] if t.strip() != t or not t else t
+    return (t[: w - 1] + "…" if len(t) > w else t).ljust(w)
+
+
+class LogitBars(Widget):
+    """Renders a ``LogitsView``; ``None`` shows a placeholder."""
+
+    def __init__(self, top_k: int = 10, **kw):
+        super().__init__(**kw)
+        self.view: LogitsView | None = None
+        # Fixed height (header + K rows + KL line + "fell out" lines): a new result repaints this
+        # widget only, with no layout pass over the screen — most of the toggle → repaint budget.
+        self.styles.height = top_k + 2 + FELL_OUT
+
+    def show(self, view: LogitsView) -> None:
+        self.view = view
+        self.refresh()
+
+    def render(self) -> Text:
+        v = self.view
+        if v is None:
+            return Text("computing…", style="dim")
+        width = max(40, self.size.width)
+        side = (width - 3) // 2
+        tok_w = max(6, min(14, side // 4))
+        num_w = 6
+        delta_w = 7
+        bar_w_base = max(3, side - tok_w - num_w - 5)
+        bar_w_patch = max(3, side - tok_w - num_w - delta_w - 5)
+        out = Text(no_wrap=True, overflow="crop")
+        head_l = f"{'#':>2} {'baseline':<{side - 3}}"
+        out.append(head_l[:side].ljust(side), Style(bold=True))
+        out.append(" │ ", Style(color="#5f6b7a"))
+        on = f"patched ({v.n_on} on)" if v.n_on else "patched (none on)"
+        out.append(on[:side], Style(bold=True))
+        out.append("\n")
+        for i in range(max(len(v.base_top), len(v.patched_top))):
+            b = v.base_top[i] if i < len(v.base_top) else None
+            p = v.patched_top[i] if i < len(v.patched_top) else None
+            out.append(f"{i + 1:>2} ", Style(color="#5f6b7a"))
+            self._cell(out, b, b.base if b else 0.0, tok_w, bar_w_base, num_w, "#3fbfff")
+            out.append(" │ ", Style(color="#5f6b7a"))
+            self._cell(out, p, p.patched if p else 0.0, tok_w, bar_w_patch, num_w, "#ffaf3f")
+            if p is not None:
+                d = p.delta
+                colour = "#5fd75f" if d > 5e-4 else "#ff5f5f" if d < -5e-4 else "#7f93a8"
+                out.append(f" {d:+.3f}".rjust(delta_w), Style(color=colour))
+            out.append("\n")
+        out.append(f"KL(base‖patched) = {v.kl:.4f} nats", Style(color="#9fc0d8"))
+        shown = {r.id for r in v.patched_top}
+        for r in [r for r in v.base_top[:FELL_OUT] if r.id not in shown and r.base >= MIN_FELL_OUT]:
+            now = f"{r.patched:.3f}, rank {r.patched_rank}" if r.patched_rank else \
+                f"≤{r.patched:.3f}, rank > {v.ranks_known}"
+            out.append("\n")
+            out.append(f"↓ {_tok(r.token, tok_w).rstrip()}  {r.base:.3f} → {now} patched", Style(color="#ff5f5f"))
+        return out
+
+    @staticmethod
+    def _cell(out: Text, row: LogitRow | None, prob: float, tok_w: int, bar_w: int, num_w: int, colour: str):
+        if row is None:
+            out.append(" " * (tok_w + bar_w + num_w + 2))
+            return
+        out.append(_tok(row.token, tok_w) + " ")
+        out.append(bar(prob, bar_w), Style(color=colour))
+        out.append(f" {prob:.3f}".rjust(num_w + 1))
+
+    def rows_text(self) -> list[tuple[str, float, float]]:
+        """(token, baseline, patched) of the baseline ranking — what the tests read."""
+        return [] if self.view is None else [(r.token, r.base, r.patched) for r in self.view.base_top]

@@ -1,0 +1,219 @@
+"""The workbench's model work: requests start thread workers, workers post messages, handlers paint.
+
+Every Session call happens in a ``@work(thread=True, exclusive=True, group=...)`` worker through
+``Lab`` (never on the event loop: a key must not wait for the model, and the Session's lock may be
+held by a long LoRA fit). Each request gets an id; a handler paints only the newest answer of its
+group, so the latest request wins even when a superseded thread worker still finishes.
+``on_worker_state_changed`` is the one place a worker error becomes a notification.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from textual import work
+from textual.worker import Worker, WorkerState
+
+from tuiwb.errors import TuiwbError
+from tuiwb.tui.messages import (ContrastReady, DetailReady, Exported, FeatureSelected, LogitsReady,
+                                PatchesChanged, ProvenanceReady, TableReady,
+                                TokenHighlighted)
+from tuiwb.tui.views import PatchView
+from tuiwb.tui.widgets.contexts import Contexts
+from tuiwb.tui.widgets.contrast import ContrastRequest
+from tuiwb.tui.widgets.logit_bars import LogitBars
+from tuiwb.tui.widgets.patches import PatchList
+from tuiwb.tui.widgets.provenance import ProvenanceView
+from tuiwb.tui.widgets.token_cloud import TokenCloud
+
+SELECT_DEBOUNCE_S = 0.06
+"""Cursor runs (holding ↓) only compute the feature the cursor stops on."""
+
+
+class ModelWork:
+    """Mixin of ``WorkbenchApp``: the request → worker → message → paint loop of each pane."""
+
+    # --- requests (start workers) ------------------------------------------------------------
+    def _next(self, group: str) -> int:
+        self._seq += 1
+        self._latest[group] = self._seq
+        return self._seq
+
+    def request_logits(self, t_key: float | None = None, create: tuple[int, int] | None = None) -> None:
+        rid = self._next("logits")
+        self._logits_worker(rid, self.prompt, dict(self.wanted), create, t_key)
+
+    @work(thread=True, exclusive=True, group="logits", exit_on_error=False)
+    def _logits_worker(self, rid: int, prompt: str, wanted: dict[str, bool], create, t_key) -> None:
+        # One lock hold for state + logits: a superseded worker that still runs must neither compute
+        # with a newer state nor leave its older state behind in the Session.
+        with self.lab.atomic():
+            if self._latest.get("logits") != rid:
+                return  # a newer request exists; it applies its own (complete) state
+            if create is not None:
+                self.lab.ensure_patch(*create)
+            self.lab.apply_states(wanted)
+            view = self.lab.logits(prompt)
+            patches = self.lab.patches()
+        self.post_message(LogitsReady(rid, view, patches, t_key))
+
+    def load_table(self, layer: int) -> None:
+        self._table_worker(self._next("table"), layer)
+
+    @work(thread=True, exclusive=True, group="table", exit_on_error=False)
+    def _table_worker(self, rid: int, layer: int) -> None:
+        self.post_message(TableReady(rid, self.lab.feature_rows(layer)))
+
+    def request_feature(self, layer: int, feature: int) -> None:
+        self.selected = (layer, feature)
+        self._detail_worker(self._next("detail"), layer, feature, self.prompt)
+        self.query_one(ProvenanceView).pending(f"L{layer} f{feature}")
+        self._provenance_worker(self._next("provenance"), layer, feature, self.prompt)
+
+    @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
+    def _detail_worker(self, rid: int, layer: int, feature: int, prompt: str) -> None:
+        if self._latest.get("detail") != rid:
+            return  # superseded before it started: skip the work
+        self.post_message(DetailReady(rid, self.lab.feature_detail(layer, feature, prompt)))
+
+    @work(thread=True, exclusive=True, group="provenance", exit_on_error=False)
+    def _provenance_worker(self, rid: int, layer: int, feature: int, prompt: str) -> None:
+        if self._latest.get("provenance") != rid:
+            return
+        try:
+            # No prompt: the static (virtual-weight) view.
+            text = self.lab.provenance_text(layer, feature, prompt if prompt.strip() else None)
+        except TuiwbError as e:  # e.g. no SAE upstream of this layer: say so in the pane, not a toast
+            text = str(e)
+        self.post_message(ProvenanceReady(rid, layer, feature, text))
+
+    @work(thread=True, group="edit", exit_on_error=False)
+    def _edit_worker(self, op: str, name: str) -> None:
+        """Patch edits run one after another (not exclusive: none may be dropped)."""
+        if op == "mode":
+            note = f"{name}: mode {self.lab.cycle_mode(name)}"
+        elif op == "method":
+            note = f"{name}: method {self.lab.switch_method(name)}"
+        elif op == "lora":
+            v = self.lab.build_lora(name)
+            note = f"{name}: LoRA built" + (f", fidelity KL {v.fidelity:.3g}" if v.fidelity is not None else "")
+        elif op == "export":
+            self.post_message(Exported(self.lab.export(name)))
+            note = ""  # exporting a hook patch fits its LoRA first: the list must show that
+        else:  # pragma: no cover — programming error
+            raise ValueError(op)
+        self.post_message(PatchesChanged(self.lab.patches(), note))
+
+    @work(thread=True, group="contrast", exclusive=True, exit_on_error=False)
+    def _contrast_worker(self, layer: int, req: ContrastRequest) -> None:
+        ranked = self.lab.contrast(layer, list(req.positive), list(req.negative), top=req.top,
+                                   target=req.target or None)
+        name = None
+        if req.make_patch and ranked:
+            name = self.lab.add_group_patch(f"contrast-L{layer}", layer, [f for f, _ in ranked])
+        self.post_message(ContrastReady(layer, tuple(ranked), self.lab.patches(), name))
+
+    # --- results (messages up) ---------------------------------------------------------------
+    def _fresh(self, group: str, rid: int) -> bool:
+        return self._latest.get(group) == rid
+
+    def on_logits_ready(self, msg: LogitsReady) -> None:
+        if not self._fresh("logits", msg.request):
+            return  # a newer request is on its way: don't paint stale numbers
+        self.query_one(LogitBars).show(msg.view)
+        self._set_patches(msg.patches)
+        self.logits_painted += 1
+        self.status.set(model_ms=msg.view.model_ms)
+        if msg.t_key is not None:
+            self.call_after_refresh(self._record_latency, msg.t_key)
+
+    def _record_latency(self, t_key: float) -> None:
+        ms = (time.monotonic() - t_key) * 1e3
+        self.latencies.append(ms)
+        self.status.set(latency_ms=ms)
+
+    def on_table_ready(self, msg: TableReady) -> None:
+        if not self._fresh("table", msg.request):
+            return
+        ranked = self.ranked.get(msg.rows.layer, ())
+        self.table.load(msg.rows, ranked=ranked)
+        self._mark_table()
+        f = self.table.selected
+        if f is not None:
+            self.request_feature(msg.rows.layer, f)
+
+    def on_feature_selected(self, msg: FeatureSelected) -> None:
+        if self._select_timer is not None:
+            self._select_timer.stop()
+        self._select_timer = self.set_timer(SELECT_DEBOUNCE_S, partial(self.request_feature, msg.layer, msg.feature))
+
+    def on_detail_ready(self, msg: DetailReady) -> None:
+        if not self._fresh("detail", msg.request):
+            return
+        d = msg.detail
+        cloud = self.query_one(TokenCloud)
+        cloud.show(d.cloud)
+        cloud.border_subtitle = f"L{d.layer} f{d.feature}"
+        ctx = self.query_one(Contexts)
+        ctx.border_title = f"Top contexts · L{d.layer} f{d.feature}"
+        ctx.show(d)
+
+    def on_provenance_ready(self, msg: ProvenanceReady) -> None:
+        if self._fresh("provenance", msg.request):
+            self.query_one(ProvenanceView).show(msg.text, f"L{msg.layer} f{msg.feature}")
+
+    def on_token_highlighted(self, msg: TokenHighlighted) -> None:
+        self.query_one(Contexts).set_highlight(msg.token)
+
+    def on_patches_changed(self, msg: PatchesChanged) -> None:
+        self._set_patches(msg.patches)
+        if msg.note:
+            self.notify(msg.note)
+        self.request_logits()
+
+    def on_exported(self, msg: Exported) -> None:
+        self.notify(f"exported to {msg.path}")
+
+    def on_contrast_ready(self, msg: ContrastReady) -> None:
+        self.ranked[msg.layer] = tuple(f for f, _ in msg.ranked)
+        if msg.layer != self.layer:
+            self.layer = msg.layer
+            self.status.set(sae_layer=self.layer)
+        top = ", ".join(f"{f} ({s:.2f})" for f, s in msg.ranked[:5])
+        self.notify(f"contrast: {len(msg.ranked)} features on layer {msg.layer}: {top}"
+                    + (f"; patch {msg.patch} ready (space toggles)" if msg.patch else ""))
+        if msg.patch:
+            self.wanted.setdefault(msg.patch, False)
+        self._set_patches(msg.patches)
+        self.load_table(msg.layer)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place worker errors end up: a notification; the app keeps running."""
+        if event.state != WorkerState.ERROR:
+            return
+        err = event.worker.error
+        if isinstance(err, TuiwbError):
+            text = str(err)
+        else:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            text = f"{type(err).__name__}: {first}"
+        self.notify(text, title=f"{event.worker.group} failed", severity="error", timeout=8)
+
+    def _set_patches(self, patches: tuple[PatchView, ...]) -> None:
+        self.patch_views = patches
+        for p in patches:
+            self.wanted.setdefault(p.name, p.enabled)
+        self.query_one(PatchList).show(patches, self.wanted)
+        self._mark_table()
+
+    def _mark_table(self) -> None:
+        marks: dict[int, str] = {}
+        for p in self.patch_views:
+            if p.layer != self.layer:
+                continue
+            on = self.wanted.get(p.name, p.enabled)
+            for f in p.features:
+                if marks.get(f) != "on":
+                    marks[f] = "on" if on else "off"
+        self.table.set_marks(marks)
