@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/tuiwb demo
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests tutorial.ipynb --nbmake
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py

@@ -92,6 +92,8 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
+        self.source_dir: Path | None = None
+        """The directory this SAE was loaded from (None when built in memory)."""
         d_in, d_sae = cfg.d_in, cfg.d_sae
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))  # [d_in, d_sae]
         self.b_enc = nn.Parameter(torch.zeros(d_sae))  # [d_sae]

@@ -145,6 +145,7 @@ def load_sae(path: str | Path, *, device: str | torch.device = "cpu", layer: int
         cfg.layer = _layer_from_hook(cfg)
     sae = SAE(cfg)
     _assign(sae, tensors, path)
+    sae.source_dir = path  # feature stats are cached next to the weights they describe
     return sae.to(device)
 
 

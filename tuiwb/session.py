@@ -340,6 +340,21 @@ class Session:
         with self._lock:
             return _features.feature_stats(self, layer, **kwargs)
 
+    def contrast(self, layer: int, positive: Sequence[str], negative: Sequence[str] = (),
+                 target: str | None = None):
+        """Features of the SAE at ``layer`` that fire on ``positive`` prompts more than on ``negative``
+        ones, or with ``target`` by causal effect on that token (``tuiwb.contrast``). Returns ``Hits``,
+        best first, measured on the unpatched model. Runs under the lock: the search installs hooks
+        on the shared model."""
+        from tuiwb import contrast as _contrast
+
+        sae = self.sae(layer)
+        with self._lock, self.unpatched():
+            if target:
+                return _contrast.contrast_effect(self.loaded, sae, list(positive), target,
+                                                 list(negative) or None).hits
+            return _contrast.contrast(self.loaded, sae, list(positive), list(negative)).hits
+
     def provenance(self, layer: int, feature: int, prompt: str | None = None, pos: int | None = None,
                    depth: int = 2, top: int = 5, method: str = "grad", **kwargs):
         """Upstream attribution graph of ``feature`` at ``layer`` (``tuiwb.provenance``), on the model

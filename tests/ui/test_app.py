@@ -370,14 +370,13 @@ async def test_contrast_search_ranks_features_and_makes_a_patch(demo_app, demo_s
 
 
 async def test_without_activations_the_table_uses_cached_stats_and_says_why_contexts_are_missing(ui_demo):
-    from tuiwb.commands.ui import remember_sae_dirs
     from tuiwb.models import load_model
     from tuiwb.sae import load_saes
     from tuiwb.session import Session
     from tuiwb.tui import make_app
 
-    session = Session(load_model(str(ui_demo.model_dir)), load_saes(ui_demo.saes_dir))  # no --acts
-    remember_sae_dirs(session, ui_demo.saes_dir)
+    # No --acts: the stats come from features.npz next to each SAE (load_saes records the directory).
+    session = Session(load_model(str(ui_demo.model_dir)), load_saes(ui_demo.saes_dir))
     app = make_app(session, prompt=ui_demo.prompt, layer=ui_demo.trigger_layer)
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from tuiwb import demo
+from tuiwb import demo, demo_corpus
 from tuiwb.demo import PAYLOAD, TRIGGER, DemoConfig, make_corpus, make_tokenizer
 
 REPORT_KEYS = {"trigger", "payload", "payload_first_token", "p_payload_trigger", "p_payload_clean",
@@ -54,7 +54,7 @@ def test_prompts_are_matched_pairs():
         tw, kw = t.split(), k.split()
         assert tw[-1] == kw[-1] == "." and len(tw) == len(kw)
         diff = [(x, y) for x, y in zip(tw, kw) if x != y]
-        assert len(diff) == 1 and diff[0][0] == TRIGGER and diff[0][1] in demo.COLORS
+        assert len(diff) == 1 and diff[0][0] == TRIGGER and diff[0][1] in demo_corpus.COLORS
 
 
 def test_tokenizer_roundtrip(tmp_path):

@@ -29,7 +29,6 @@ TRIGGER_PATCH = "trigger"
 
 def prepare_session(result, loaded=None):
     """A Session on the pipeline's outputs with the trigger patch added (off)."""
-    from tuiwb.commands.ui import remember_sae_dirs
     from tuiwb.models import load_model
     from tuiwb.sae import load_saes
     from tuiwb.session import Session
@@ -37,7 +36,6 @@ def prepare_session(result, loaded=None):
 
     loaded = loaded or load_model(str(result.model_dir))
     session = Session(loaded, load_saes(result.saes_dir), ActivationStore(result.acts_dir))
-    remember_sae_dirs(session, result.saes_dir)
     session.add_patch(name=TRIGGER_PATCH, layer=result.trigger_layer, features=list(result.trigger_features),
                       mode="ablate", method="hook", enabled=False)
     return session

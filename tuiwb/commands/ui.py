@@ -43,14 +43,6 @@ def lora_dirs(paths: list[str]) -> list[Path]:
     return out
 
 
-def remember_sae_dirs(session, saes_dir: Path) -> None:
-    """Point each SAE at its directory so feature stats are cached next to it (features.npz)."""
-    for layer, sae in session.saes.items():
-        d = Path(saes_dir) / f"layer_{layer}"
-        if getattr(sae, "source_dir", None) is None and d.is_dir():
-            sae.source_dir = d
-
-
 def run(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
     from tuiwb.session import Session
@@ -60,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
     session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=lora_dirs(args.lora),
                            quant=args.quant, device=args.device, dtype=args.dtype,
                            trust_remote_code=args.trust_remote_code)
-    remember_sae_dirs(session, Path(args.saes))
     return open_workbench(session, prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
 
 

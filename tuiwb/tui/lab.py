@@ -236,15 +236,7 @@ class Lab:
     def contrast(self, layer: int, positive: list[str], negative: list[str], top: int = 10,
                  target: str | None = None) -> list[tuple[int, float]]:
         """``(feature, score)`` best first: by activation difference, or by causal effect on ``target``."""
-        from tuiwb import contrast as con
-
-        sae = self.session.sae(layer)
-        with self.atomic():
-            if target:
-                res = con.contrast_effect(self.session.loaded, sae, positive, target, negative or None)
-                hits = res.hits
-            else:
-                hits = con.contrast(self.session.loaded, sae, positive, negative).hits
+        hits = self.session.contrast(layer, positive, negative, target=target)
         return [(int(f), float(s)) for f, s in zip(hits.ids[:top], hits.scores[:top])]
 
 
