@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tuiwb.choices import DTYPE_NAMES, QUANT_CHOICES
 from tuiwb.errors import TuiwbError
 
-QUANT_CHOICES = ("8bit", "4bit")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tuiwb.models import DTYPES, QUANT_CHOICES
+from tuiwb.choices import DTYPE_NAMES, QUANT_CHOICES
 
 
 def add_parser(sub, parents) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="storage dtype of the recorded activations (default float16)")
-    p.add_argument("--model-dtype", choices=list(DTYPES), default=None,
+    p.add_argument("--model-dtype", choices=list(DTYPE_NAMES), default=None,
                    help="weight dtype to load the model in (default: the checkpoint's)")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="allow the checkpoint's own Python code to run (off by default)")
