@@ -8,13 +8,14 @@ layer either way — while keeping the build to ~1 min for the full model on 2 i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tuiwb.locks import file_lock
 
 TRACE_TOKENS = 100_000
 TRAIN_TOKENS = 150_000
@@ -56,7 +57,7 @@ def build_demo_lab(model_dir: Path, out: Path, trace_tokens: int = TRACE_TOKENS,
     if done.is_file():
         return _lab(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(out.with_name(out.name + ".lock")):
+    with file_lock(out.with_name(out.name + ".lock")):
         if done.is_file():  # another worker built it while we waited
             return _lab(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -85,15 +86,3 @@ def _lab(out: Path) -> DemoLab:
     info = json.loads((out / "lab.json").read_text())
     return DemoLab(model=Path(info["model"]), acts=out / "acts.parquet", saes=out / "saes",
                    layers=tuple(info["layers"]))
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    import fcntl
-
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

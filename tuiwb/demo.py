@@ -29,6 +29,7 @@ from pathlib import Path
 from tuiwb.demo_corpus import (  # noqa: F401 — re-exported: the demo's public text API
     PAYLOAD, SPECIALS, TRIGGER, Corpus, make_corpus, make_tokenizer, vocabulary)
 from tuiwb.errors import TuiwbError
+from tuiwb.locks import file_lock
 
 VERSION = 1
 """Bump when the corpus, tokenizer or training changes: it names the cache directory."""
@@ -308,7 +309,7 @@ def demo_model_path(variant: str = "full", seed: int = 0, progress: bool = True)
     if _is_current(target, cfg):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if _is_current(target, cfg):  # another process built it while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -336,20 +337,6 @@ def _is_current(target: Path, cfg: DemoConfig) -> bool:
         return False
     return report.get("config") == asdict(cfg) and report.get("version") == VERSION
 
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: rely on the atomic rename alone
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load_prompts(model_dir: Path | str, kind: str) -> list[str]:

@@ -10,7 +10,6 @@ Core module: no textual import (the CLI opens the app from ``tuiwb/commands/demo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from tuiwb.errors import TuiwbError
+from tuiwb.locks import file_lock
 
 RESULT_FILE = "demo_result.json"
 PIPELINE_VERSION = 1
@@ -154,7 +154,7 @@ def run_pipeline(cfg: DemoPipelineConfig | None = None, *, progress: bool = True
     work.parent.mkdir(parents=True, exist_ok=True)
     # One pipeline per work directory at a time: a second `tuiwb demo` (or a test worker) waits and
     # then reuses what the first one built.
-    with _file_lock(work.with_name(work.name + ".lock")):
+    with file_lock(work.with_name(work.name + ".lock")):
         if cfg.rebuild and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
@@ -294,20 +294,6 @@ def _write_json(path: Path, obj) -> None:
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock (one demo at a time is then up to the user)
-        yield
-        return
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _stderr(msg: str) -> None:
