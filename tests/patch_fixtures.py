@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 from pathlib import Path
 
@@ -13,17 +12,6 @@ from tuiwb.lora_fit import FitConfig
 
 # Enough for a faithful fit on a tiny model, cheap enough for unit tests.
 FAST_FIT = FitConfig(rank=8, fit_tokens=2048, refine_steps=60, refine_tokens=1024)
-
-
-@contextlib.contextmanager
-def one_thread():
-    """The test machine's cores are shared: two torch threads per process thrash (~50× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def texts(n: int = 240, seed: int = 0, length: int = 16) -> list[str]:

@@ -25,6 +25,28 @@ class TokenProb:
     def to_json(self) -> dict:
         return asdict(self)
 
+@dataclass(frozen=True)
+class LogitsResult:
+    """Next-token distribution of a prompt, unpatched and with the enabled patches."""
+
+    prompt: str
+    """The prompt text."""
+    baseline: list[TokenProb]
+    """Top tokens with every patch off."""
+    patched: list[TokenProb]
+    """Top tokens with the enabled patches (equal to ``baseline`` when none is on)."""
+    kl: float
+    """KL(baseline ‖ patched) in nats over the whole vocabulary."""
+    latency_ms: float
+    """Wall time of the call (a cached baseline makes it one forward pass)."""
+    active: tuple[str, ...] = ()
+    """Names of the patches that were on."""
+
+    def to_json(self) -> dict:
+        return {"prompt": self.prompt, "top": [t.to_json() for t in self.patched],
+                "baseline": [t.to_json() for t in self.baseline], "kl": self.kl,
+                "latency_ms": self.latency_ms, "active": list(self.active)}
+
 
 @torch.inference_mode()
 def next_token_logits(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:

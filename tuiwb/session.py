@@ -22,14 +22,14 @@ import contextlib
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
 from tuiwb.errors import TuiwbError
-from tuiwb.logits import TokenProb, kl_divergence, top_k
+from tuiwb.logits import LogitsResult, kl_divergence, top_k
 from tuiwb.lora_fit import (FitConfig, FitReport, check_rank, encode_texts, fit_lora, mean_kl, read_text_file,
                             run_to_layer, store_sequences)
 from tuiwb.lora_patch import (FeatureEdit, Patch, check_name, default_name, edit_hook, format_mode, make_edit,
@@ -39,28 +39,6 @@ from tuiwb.lora_rack import LoraRack
 _BASELINE_CACHE = 256
 _HELDOUT_FRACTION = 0.1
 
-
-@dataclass(frozen=True)
-class LogitsResult:
-    """Next-token distribution of a prompt, unpatched and with the enabled patches."""
-
-    prompt: str
-    """The prompt text."""
-    baseline: list[TokenProb]
-    """Top tokens with every patch off."""
-    patched: list[TokenProb]
-    """Top tokens with the enabled patches (equal to ``baseline`` when none is on)."""
-    kl: float
-    """KL(baseline ‖ patched) in nats over the whole vocabulary."""
-    latency_ms: float
-    """Wall time of the call (a cached baseline makes it one forward pass)."""
-    active: tuple[str, ...] = ()
-    """Names of the patches that were on."""
-
-    def to_json(self) -> dict:
-        return {"prompt": self.prompt, "top": [t.to_json() for t in self.patched],
-                "baseline": [t.to_json() for t in self.baseline], "kl": self.kl,
-                "latency_ms": self.latency_ms, "active": list(self.active)}
 
 
 class Session:

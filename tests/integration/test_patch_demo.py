@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-from patch_fixtures import one_thread
 
 from tuiwb.cli import main
 from tuiwb.demo import load_prompts, payload_first_token
@@ -18,14 +17,8 @@ from tuiwb.demo import load_prompts, payload_first_token
 N_PROMPTS = 48
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with one_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
-def demo(demo_full_dir, _threads):
+def demo(demo_full_dir):
     """The demo pipeline's result (SAEs, trigger layer and features); cached on disk after a first run."""
     from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
 

@@ -18,15 +18,6 @@ from tuiwb.demo import TRIGGER, load_prompts, payload_first_token
 LAYER = 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's cores are shared: one torch thread per process is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _next_token_logits(loaded, prompts, edit=None):
     """Last-position logits ``[n, vocab]``, one prompt at a time (no padding involved)."""
     from contextlib import nullcontext

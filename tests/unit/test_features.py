@@ -16,15 +16,6 @@ from tuiwb.features import (FeatureStats, StatsConfig, compute_feature_stats, de
 LAYER = 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's cores are shared: one torch thread per process is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A tiny llama, a small trace of its layer 1 and a random TopK SAE saved to saes/layer_1."""

@@ -17,15 +17,6 @@ B = ["a dog sees the cat", "the small ball", "the park is big", "a cat and a dog
 TARGET = "ball"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's cores are shared: one torch thread per process is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     from tuiwb.models import load_model

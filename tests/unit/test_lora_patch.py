@@ -4,19 +4,13 @@ import itertools
 
 import pytest
 import torch
-from patch_fixtures import FAST_FIT, make_sae, one_thread, texts, tiny_checkpoint
+from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint
 
 from tuiwb.errors import TuiwbError
 from tuiwb.lora_fit import FitConfig, closed_form, encode_texts, fit_lora
 from tuiwb.lora_patch import gated_edit, make_edit, parse_ablate, parse_mode, parse_scale
 from tuiwb.lora_rack import LoraRack
 from tuiwb.models import load_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

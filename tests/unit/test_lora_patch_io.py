@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from patch_fixtures import FAST_FIT, make_sae, one_thread, save_saes, tiny_checkpoint, write_texts
+from patch_fixtures import FAST_FIT, make_sae, save_saes, tiny_checkpoint, write_texts
 
 from tuiwb.cli import main
 from tuiwb.errors import TuiwbError
@@ -14,12 +14,6 @@ from tuiwb.patch_io import read_patch
 from tuiwb.session import Session
 
 PROMPT = "the cat sees a big dog in the park ."
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,6 @@ PROMPT = "the cat sees the red ball in the park"
 D, D_SAE, N_LAYERS = 32, 96, 3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine's cores are shared: two torch threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     path = make_tiny_checkpoint(tmp_path_factory.mktemp("llama"), "llama", n_layers=N_LAYERS, d_model=D)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from patch_fixtures import FAST_FIT, make_sae, one_thread, texts, tiny_checkpoint, write_texts
+from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint, write_texts
 
 from tuiwb.errors import TuiwbError
 from tuiwb.logits import kl_divergence
@@ -16,12 +16,6 @@ from tuiwb.models import load_model
 from tuiwb.session import Session
 
 PROMPT = "the cat sees a big dog in the park ."
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

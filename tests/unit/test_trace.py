@@ -22,15 +22,6 @@ from tuiwb.trace import TraceConfig, trace
 SEQ = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core box: OpenMP spinning across 2 threads costs 100x, not 2x.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "llama", "llama", n_layers=3, d_model=32)
