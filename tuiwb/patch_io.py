@@ -111,18 +111,8 @@ def _write_adapter(dir_: Path, loaded, modules: dict[str, tuple[torch.Tensor, to
 
 def save_patch(out: str | Path, loaded, factors: LoraFactors, meta: dict, *, overwrite: bool = False) -> Path:
     """Write ``out/`` = manifest + PEFT adapter, atomically. ``meta`` holds the patch's own fields."""
-    out = Path(out)
-    tmp = _atomic_dir(out)
-    try:
-        _write_adapter(tmp, loaded, factors.modules)
-        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, **base_identity(loaded),
-                    "rank": factors.rank, "target_modules": sorted(factors.modules),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tuiwb_version": __version__}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return _publish(tmp, out, overwrite)
+    return _write_dir(out, loaded, factors.modules, overwrite,
+                      lambda config: {"format": FORMAT, **meta, "rank": factors.rank})
 
 
 def read_patch(path: str | Path) -> StoredPatch:
@@ -198,13 +188,21 @@ def export_merged(out: str | Path, loaded, patches: list[tuple[dict, LoraFactors
                 merged[name] = (torch.cat([A0, A], 0), torch.cat([B0, B], 1))  # [r0+r, d_in], [d_out, r0+r]
             else:
                 merged[name] = (A.clone(), B.clone())
+    return _write_dir(out, loaded, merged, overwrite,
+                      lambda config: {"format": EXPORT_FORMAT, "patches": [meta for meta, _ in patches],
+                                      "rank": config["r"], "rank_pattern": config.get("rank_pattern") or {}})
+
+
+def _write_dir(out: str | Path, loaded, modules: dict, overwrite: bool, fields) -> Path:
+    """Write ``out/`` = PEFT adapter for ``modules`` + ``manifest.json``, atomically. ``fields(config)``
+    gives the manifest's kind-specific fields from the written adapter config; the base model's
+    identity, target modules, creation time and versions are common to patches and exports."""
     out = Path(out)
     tmp = _atomic_dir(out)
     try:
-        config = _write_adapter(tmp, loaded, merged)
-        manifest = {"format": EXPORT_FORMAT, "format_version": FORMAT_VERSION, **base_identity(loaded),
-                    "patches": [meta for meta, _ in patches], "target_modules": sorted(merged),
-                    "rank": config["r"], "rank_pattern": config.get("rank_pattern") or {},
+        config = _write_adapter(tmp, loaded, modules)
+        manifest = {"format_version": FORMAT_VERSION, **fields(config), **base_identity(loaded),
+                    "target_modules": sorted(modules),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tuiwb_version": __version__}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException:
