@@ -56,9 +56,10 @@ def main() -> None:
 
     import torch
 
-    from tuiwb.feature_search import filter_density, search_by_token
-    from tuiwb.features import StatsConfig, compute_feature_stats
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.features.search import filter_density, search_by_token
+    from tuiwb.features.stats import StatsConfig
+    from tuiwb.features.compute import compute_feature_stats
+    from tuiwb.sae.model import SAE, SAEConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

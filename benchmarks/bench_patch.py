@@ -37,7 +37,7 @@ PROMPT = "the old cat sleeps quietly in the park . the cerulean dog runs near th
 def random_sae(layer: int, d_model: int, expansion: int = 8, k: int = 16):
     import torch
 
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.sae.model import SAE, SAEConfig
 
     sae = SAE(SAEConfig(d_in=d_model, d_sae=expansion * d_model, architecture="topk", k=k,
                         hook_name=f"blocks.{layer}.hook_resid_post"))
@@ -47,7 +47,7 @@ def random_sae(layer: int, d_model: int, expansion: int = 8, k: int = 16):
 
 def prepare(model: str, saes_dir: str | None, workdir: Path, quant: str | None = None):
     """(loaded, sae, features, data file, description)."""
-    from tuiwb.models import load_model
+    from tuiwb.model.loading import load_model
 
     data = None
     if model == "random":
@@ -59,7 +59,7 @@ def prepare(model: str, saes_dir: str | None, workdir: Path, quant: str | None =
         data = write_texts(workdir / "data.txt", n=600)
         desc = "random llama (4 layers, d_model 128)"
     elif model == "demo":
-        from tuiwb.demo import demo_model_path
+        from tuiwb.demo.model import demo_model_path
 
         path, desc = demo_model_path("full", progress=False), "demo model (full)"
     else:
@@ -72,7 +72,7 @@ def prepare(model: str, saes_dir: str | None, workdir: Path, quant: str | None =
         if res is not None:
             saes_dir, layer, feats = res["saes_dir"], int(res["trigger_layer"]), list(res["trigger_features"])
     if saes_dir is not None:
-        from tuiwb.sae import load_saes
+        from tuiwb.sae.io import load_saes
 
         saes = load_saes(saes_dir)
         layer = layer if layer in saes else sorted(saes)[-1]
@@ -86,7 +86,7 @@ def prepare(model: str, saes_dir: str | None, workdir: Path, quant: str | None =
 
 def _demo_result():
     try:
-        from tuiwb.pipeline import RESULT_FILE, default_work_dir
+        from tuiwb.demo.pipeline import RESULT_FILE, default_work_dir
 
         f = default_work_dir("full") / RESULT_FILE
         return json.loads(f.read_text())["result"] if f.exists() else None
@@ -98,7 +98,7 @@ def _busy_features(loaded, sae, n: int) -> list[int]:
     """The ``n`` features firing most on the prompt (a realistic, non-empty edit)."""
     import torch
 
-    from tuiwb.lora_fit import run_to_layer
+    from tuiwb.patch.lora_fit import run_to_layer
 
     with torch.no_grad():
         h = run_to_layer(loaded, torch.tensor([loaded.encode(PROMPT)]), sae.layer)  # [1, pos, d]
@@ -108,7 +108,7 @@ def _busy_features(loaded, sae, n: int) -> list[int]:
 
 def _pristine_copy(loaded, model: str, workdir: Path):
     """A second, never-patched instance of the same model (for the idle-wrapper overhead)."""
-    from tuiwb.models import load_model
+    from tuiwb.model.loading import load_model
 
     return load_model(str(loaded.model_id), quant=loaded.quant).model
 
@@ -136,7 +136,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from tuiwb.session import Session
+    from tuiwb.session.session import Session
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def random_saes(n_layers: int, d_model: int, expansion: int = 8, k: int = 16) -> dict:
     import torch
 
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.sae.model import SAE, SAEConfig
 
     saes = {}
     for layer in range(n_layers):
@@ -43,8 +43,8 @@ def random_saes(n_layers: int, d_model: int, expansion: int = 8, k: int = 16) ->
 
 def prepare(model: str, saes_dir: str | None, workdir: Path):
     """(loaded, saes, prompt, description)."""
-    from tuiwb.models import load_model
-    from tuiwb.sae import load_saes
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.io import load_saes
 
     prompt = "the old cat sleeps quietly in the park . the cerulean dog runs near the river ."
     if model == "random":
@@ -55,14 +55,14 @@ def prepare(model: str, saes_dir: str | None, workdir: Path):
         prompt = "the cat sees the red ball in the park . the big dog runs"
         desc = "random llama (4 layers, d_model 128)"
     elif model == "demo":
-        from tuiwb.demo import demo_model_path
+        from tuiwb.demo.model import demo_model_path
 
         path, desc = demo_model_path("full", progress=False), "demo model (full)"
     else:
         path, desc = Path(model), model
     loaded = load_model(str(path))
     if saes_dir is None and model == "demo":
-        from tuiwb.pipeline import default_work_dir
+        from tuiwb.demo.pipeline import default_work_dir
 
         cand = default_work_dir("full") / "saes"
         saes_dir = str(cand) if cand.is_dir() else None
@@ -94,8 +94,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from tuiwb.provenance import build_graph
-    from tuiwb.provenance_attr import residuals
+    from tuiwb.provenance.graph import build_graph
+    from tuiwb.provenance.attribution import real_run
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         ids = loaded.encode(prompt)
         x = torch.tensor([ids])
         with torch.no_grad():
-            acts = saes[layer].encode(residuals(loaded, ids, [layer])[layer])  # [T, d_sae]
+            acts = saes[layer].encode(real_run(loaded, ids, [layer], freeze_norms=False).resid[layer])  # [T, d_sae]
         feature = int(acts[-1].argmax())  # a feature that fires at the last token
 
         def forward():

@@ -51,7 +51,7 @@ def prepare(model: str, workdir: Path, tokens: int) -> tuple[str, list[str], str
                 n_words += n
         return str(path), [str(data)], "random llama (4 layers, d_model 128, word-level vocab)"
     if model == "demo":
-        from tuiwb.demo import demo_model_path
+        from tuiwb.demo.model import demo_model_path
 
         path = demo_model_path("full", progress=False)
         desc = "demo model (full)"
@@ -67,7 +67,7 @@ def count_tokens(model: str, data: list[str]) -> int:
     """Tokens (BOS included) in the data, to know how many copies hold 10x."""
     from transformers import AutoTokenizer
 
-    from tuiwb.data import iter_documents, open_sources
+    from tuiwb.trace.sources import iter_documents, open_sources
 
     tok = AutoTokenizer.from_pretrained(model)
     return max(1, sum(len(ids) + 1 for batch in iter_documents(open_sources(data))
@@ -79,9 +79,11 @@ def child(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from tuiwb.data import iter_documents, open_sources, pack_windows
-    from tuiwb.models import load_model
-    from tuiwb.trace import TraceConfig, trace
+    from tuiwb.trace.sources import iter_documents, open_sources
+    from tuiwb.trace.windows import pack_windows
+    from tuiwb.model.loading import load_model
+    from tuiwb.trace.config import TraceConfig
+    from tuiwb.trace.tracer import trace
 
     lm = load_model(spec["model"])
     data = spec["data"] * spec["repeat"]
@@ -128,7 +130,7 @@ def child(spec: dict) -> dict:
     # The storage path alone (no model): rewrite the last shard written with the same options.
     import pyarrow.parquet as pq
 
-    from tuiwb.shards import WRITE_OPTIONS
+    from tuiwb.trace.shards import WRITE_OPTIONS
 
     table = pq.read_table(out / man["shards"][-1]["file"])
     t0 = time.perf_counter()

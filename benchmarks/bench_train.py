@@ -36,10 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 def traced_acts(variant: str, layer: int | None) -> tuple[Path, Path, int, float]:
     """(model dir, activation dir, layer, trace seconds — 0 when cached)."""
-    from tuiwb.demo import cache_dir, demo_model_path
-    from tuiwb.models import load_model
-    from tuiwb.store import ActivationStore
-    from tuiwb.trace import TraceConfig, trace
+    from tuiwb.demo.model import cache_dir, demo_model_path
+    from tuiwb.model.loading import load_model
+    from tuiwb.trace.store import ActivationStore
+    from tuiwb.trace.config import TraceConfig
+    from tuiwb.trace.tracer import trace
 
     model = demo_model_path(variant, progress=False)
     n_layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
@@ -61,11 +62,11 @@ def plain_loop(acts: Path, layer: int, cfg) -> dict:
     """TopK training without Lightning: the same objective, optimiser, schedule and constraints."""
     import torch
 
-    from tuiwb.eval import evaluate
-    from tuiwb.sae import SAE, SAEConfig
-    from tuiwb.sae_data import geometric_median, norm_scaling_factor, sample_rows
-    from tuiwb.sae_objective import lr_lambda, step_loss
-    from tuiwb.store import ActivationStore
+    from tuiwb.sae.eval import evaluate
+    from tuiwb.sae.model import SAE, SAEConfig
+    from tuiwb.sae.data import geometric_median, norm_scaling_factor, sample_rows
+    from tuiwb.sae.objective import lr_lambda, step_loss
+    from tuiwb.trace.store import ActivationStore
 
     store = ActivationStore(acts)
     init = sample_rows(store, layer, "train", cfg.init_tokens, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -110,7 +111,7 @@ def plain_loop(acts: Path, layer: int, cfg) -> dict:
 
 
 def lightning_run(acts: Path, layer: int, cfg, out: Path) -> dict:
-    from tuiwb.sae_train import train_saes
+    from tuiwb.sae.train import train_saes
 
     t0 = time.perf_counter()
     m = train_saes(acts, [layer], out, cfg, progress=False)[layer]
@@ -134,11 +135,11 @@ def main() -> int:
     import torch
 
     from tuiwb.commands.train import count
-    from tuiwb.eval import evaluate
-    from tuiwb.models import load_model
-    from tuiwb.sae import load_sae
-    from tuiwb.sae_train import TrainConfig
-    from tuiwb.store import ActivationStore
+    from tuiwb.sae.eval import evaluate
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.io import load_sae
+    from tuiwb.sae.config import TrainConfig
+    from tuiwb.trace.store import ActivationStore
 
     torch.set_num_threads(args.threads)
     tokens = count(args.tokens)

@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     w, h = (int(x) for x in args.size.lower().split("x"))
 
     from tuiwb.commands.demo import TRIGGER_PATCH, app_kwargs, prepare_session
-    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+    from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
     from tuiwb.tui import make_app
 
     result = run_pipeline(DemoPipelineConfig(variant=args.variant), progress=False, say=lambda s: None)

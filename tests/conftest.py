@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def demo_small_dir():
     """The small demo model (2 layers × 64; ~30 s to build on 2 idle cores the first time)."""
-    from tuiwb.demo import demo_model_path
+    from tuiwb.demo.model import demo_model_path
 
     return demo_model_path("small", progress=False)
 
@@ -19,7 +19,7 @@ def demo_small_dir():
 @pytest.fixture(scope="session")
 def demo_full_dir():
     """The full demo model (4 layers × 128; ~2–3 min to build on 2 idle cores the first time)."""
-    from tuiwb.demo import demo_model_path
+    from tuiwb.demo.model import demo_model_path
 
     return demo_model_path("full", progress=False)
 

@@ -49,8 +49,10 @@ def build_demo_lab(model_dir: Path, out: Path, trace_tokens: int = TRACE_TOKENS,
     """Trace every layer of ``model_dir`` and train a TopK SAE per layer into ``out`` (reused if done)."""
     import torch
 
-    from tuiwb.sae_train import TrainConfig, train_saes
-    from tuiwb.trace import TraceConfig, trace
+    from tuiwb.sae.config import TrainConfig
+    from tuiwb.sae.train import train_saes
+    from tuiwb.trace.config import TraceConfig
+    from tuiwb.trace.tracer import trace
 
     out = Path(out)
     done = out / "lab.json"

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from tiny_models import WORDS, make_tiny_checkpoint
 
-from tuiwb.lora_fit import FitConfig
+from tuiwb.sae.io import save_sae
+from tuiwb.patch.config import FitConfig
 
 # Enough for a faithful fit on a tiny model, cheap enough for unit tests.
 FAST_FIT = FitConfig(rank=8, fit_tokens=2048, refine_steps=60, refine_tokens=1024)
@@ -27,7 +28,7 @@ def write_texts(path: Path, n: int = 240, seed: int = 0) -> Path:
 def make_sae(layer: int, d_in: int, d_sae: int = 64, seed: int = 0, architecture: str = "relu",
              config_hash: str | None = None):
     """A real ``tuiwb.sae.SAE`` with random tied weights (about half its features fire on any input)."""
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.sae.model import SAE, SAEConfig
 
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture, k=8 if architecture == "topk" else None,
                     hook_name=f"blocks.{layer}.hook_resid_post", model_config_hash=config_hash)
@@ -42,5 +43,5 @@ def tiny_checkpoint(tmp: Path, n_layers: int = 3, d_model: int = 32, seed: int =
 
 def save_saes(root: Path, saes: dict) -> Path:
     for layer, sae in saes.items():
-        sae.save(root / f"layer_{layer}")
+        save_sae(sae, root / f"layer_{layer}")
     return root

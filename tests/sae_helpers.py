@@ -13,7 +13,8 @@ from tiny_models import WORDS, make_tiny_checkpoint
 def make_acts(root: Path, *, n_layers: int = 2, d_model: int = 32, n_docs: int = 500, seq_len: int = 32,
               seed: int = 0) -> tuple[Path, Path]:
     """Trace every layer of a tiny random llama over random word documents → ``(model_dir, acts_dir)``."""
-    from tuiwb.trace import TraceConfig, trace
+    from tuiwb.trace.config import TraceConfig
+    from tuiwb.trace.tracer import trace
 
     root = Path(root)
     model = make_tiny_checkpoint(root / "model", n_layers=n_layers, d_model=d_model, seed=seed)
@@ -31,7 +32,7 @@ def poison_rows(acts: Path, layer: int, rows: list[int], value: float = float("n
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tuiwb.shards import column_name, read_manifest
+    from tuiwb.trace.shards import column_name, read_manifest
 
     man = read_manifest(acts)
     shard = acts / sorted(man["shards"], key=lambda s: s["seq_start"])[0]["file"]

@@ -1,7 +1,14 @@
 """Names the CLI offers as choices, kept free of heavy imports so ``tuiwb --help`` stays fast."""
 
-QUANT_CHOICES = ("8bit", "4bit")
-"""bitsandbytes weight quantisations ``--quant`` accepts."""
+from typing import Literal
 
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
-"""Weight dtypes ``--dtype`` accepts (``tuiwb.models.DTYPES`` maps them to torch dtypes)."""
+QuantName = Literal["8bit", "4bit"]
+"""bitsandbytes weight quantisations ``--quant`` accepts."""
+DtypeName = Literal["float32", "float16", "bfloat16"]
+"""Weight dtypes ``--dtype`` accepts (``tuiwb.model.loading.DTYPES`` maps them to torch dtypes)."""
+
+QUANT_CHOICES = QuantName.__args__
+DTYPE_NAMES = DtypeName.__args__
+
+DEFAULT_DEVICE = "cpu"
+"""The torch device every command uses unless told otherwise."""

@@ -2,7 +2,7 @@
 
 Each subcommand lives in ``tuiwb/commands/<name>.py`` and exposes ``add_parser(subparsers)`` and
 ``run(args) -> int``. This file only wires them together and turns errors into one-line messages:
-a ``TuiwbError`` → its message on stderr, exit 2; anything else → a one-line internal error, exit 1;
+a ``TuiwbError`` → its message on stderr (parameters rendered as the flags that set them), exit 2; anything else → a one-line internal error, exit 1;
 ``--debug`` shows the traceback instead.
 """
 
@@ -14,7 +14,7 @@ import os
 import sys
 
 from tuiwb import __version__
-from tuiwb.errors import TuiwbError
+from tuiwb.errors import TuiwbError, render_for_cli
 
 # Order here is the order in `tuiwb --help`.
 COMMANDS = [
@@ -39,13 +39,20 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given ``argv``, only the command it names gets its flags built.
+
+    Flags come from the config dataclasses (their docstrings are read for ``--help``), so building
+    all of them costs time ``tuiwb --help`` and every other command need not pay: the rest are
+    registered by name and one-line help only.
+    """
     parser = argparse.ArgumentParser(
         prog="tuiwb", description="tuiwb — the Interpretability Workbench", parents=[_common()])
     parser.add_argument("--version", action="version", version=f"tuiwb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     common = _common()
+    wanted = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     for name in COMMANDS:
         try:
             mod = importlib.import_module(f"tuiwb.commands.{name}")
@@ -53,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name == f"tuiwb.commands.{name}":
                 continue  # command not built into this install
             raise
-        mod.add_parser(sub, parents=[common])
+        cli_name = name.replace("_", "-")
+        if wanted is None or wanted == cli_name:
+            mod.add_parser(sub, parents=[common])
+        else:
+            sub.add_parser(cli_name, help=mod.HELP, parents=[common])
     return parser
 
 
@@ -69,13 +80,15 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
+    args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(argv).parse_args(argv)
         return int(args.run(args) or 0)
     except TuiwbError as e:
         if debug:
             raise
-        print(f"tuiwb: error: {e}", file=sys.stderr)
+        # library messages name parameters (`seq_len`); the user typed flags (--seq-len)
+        print(f"tuiwb: error: {render_for_cli(str(e), getattr(args, '_flags', None))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("tuiwb: interrupted", file=sys.stderr)

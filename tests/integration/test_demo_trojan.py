@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from tuiwb.demo import PAYLOAD, TRIGGER, load_prompts, payload_first_token
+from tuiwb.demo.corpus import PAYLOAD, TRIGGER
+from tuiwb.demo.model import load_prompts, payload_first_token
 
 
 def payload_probs(model_dir, kind):

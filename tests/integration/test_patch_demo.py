@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tuiwb.cli import main
-from tuiwb.demo import load_prompts, payload_first_token
+from tuiwb.demo.model import load_prompts, payload_first_token
 
 N_PROMPTS = 48
 
@@ -20,7 +20,7 @@ N_PROMPTS = 48
 @pytest.fixture(scope="module")
 def demo(demo_full_dir):
     """The demo pipeline's result (SAEs, trigger layer and features); cached on disk after a first run."""
-    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+    from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
 
     return run_pipeline(DemoPipelineConfig(variant="full"), progress=False, say=lambda msg: None)
 

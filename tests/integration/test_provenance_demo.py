@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from tuiwb.cli import main
-from tuiwb.demo import TRIGGER, load_prompts, payload_first_token
+from tuiwb.demo.corpus import TRIGGER
+from tuiwb.demo.model import load_prompts, payload_first_token
 
 TARGET_LAYER = 1
 N_CONTRAST = 32
@@ -20,8 +21,8 @@ N_CONTRAST = 32
 
 @pytest.fixture(scope="module")
 def demo(demo_saes):
-    from tuiwb.models import load_model
-    from tuiwb.sae import load_saes
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.io import load_saes
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # shared CPUs: two threads per process thrash
@@ -34,12 +35,12 @@ def demo(demo_saes):
 @pytest.fixture(scope="module")
 def detector(demo):
     """The top of ``features --contrast --target`` (causal contrast search) on the layer-1 SAE."""
-    from tuiwb.contrast import contrast_effect
+    from tuiwb.features.contrast import find_feature_set
 
     loaded, saes, lab = demo
     trig = load_prompts(lab.model, "trigger")[:N_CONTRAST]
     clean = load_prompts(lab.model, "clean")[:N_CONTRAST]
-    res = contrast_effect(loaded, saes[TARGET_LAYER], trig, payload_first_token(), clean)
+    res = find_feature_set(loaded, saes[TARGET_LAYER], trig, payload_first_token(), clean)
     assert res.confirmed and res.p_after < 0.5 * res.p_before, (res.p_before, res.p_after)
     return int(res.hits.ids[0])
 
@@ -73,7 +74,7 @@ def test_detector_provenance_reaches_the_trigger_position(demo, detector, capsys
 
 def _ablated(loaded, saes, ids, node, child):
     """``node``'s activation with ``child``'s feature removed at its position (the real model)."""
-    from tuiwb.provenance_attr import residuals
+    from tuiwb.provenance.attribution import real_run
 
     d = child.activation * saes[child.layer].W_dec[child.feature].detach()
 
@@ -84,7 +85,7 @@ def _ablated(loaded, saes, ids, node, child):
 
     handle = loaded.block(child.layer).register_forward_hook(hook)
     try:
-        h = residuals(loaded, ids, [node.layer])[node.layer]
+        h = real_run(loaded, ids, [node.layer], freeze_norms=False).resid[node.layer]
     finally:
         handle.remove()
     with torch.no_grad():
@@ -93,14 +94,14 @@ def _ablated(loaded, saes, ids, node, child):
 
 @pytest.mark.slow
 def test_grad_sign_agrees_with_single_feature_ablation(demo, detector):
-    from tuiwb.provenance import build_graph
-    from tuiwb.provenance_attr import residuals
+    from tuiwb.provenance.graph import build_graph
+    from tuiwb.provenance.attribution import real_run
 
     loaded, saes, lab = demo
     prompt = _heldout_trigger_prompts(lab, 1)[0]
     ids = loaded.encode(prompt)
     with torch.no_grad():
-        top3 = int(saes[3].encode(residuals(loaded, ids, [3])[3])[-1].argmax())
+        top3 = int(saes[3].encode(real_run(loaded, ids, [3], freeze_norms=False).resid[3])[-1].argmax())
     graphs = [build_graph(loaded, saes, TARGET_LAYER, detector, prompt, depth=1),
               build_graph(loaded, saes, 3, top3, prompt, depth=2)]
     checked = 0
@@ -118,7 +119,7 @@ def test_grad_sign_agrees_with_single_feature_ablation(demo, detector):
 
 @pytest.mark.slow
 def test_ig_completeness_on_the_demo_model(demo, detector):
-    from tuiwb.provenance import build_graph
+    from tuiwb.provenance.graph import build_graph
 
     loaded, saes, lab = demo
     prompt = _heldout_trigger_prompts(lab, 1)[0]
@@ -137,9 +138,9 @@ def test_ig_completeness_on_the_demo_model(demo, detector):
     handle = loaded.block(0).register_forward_hook(
         lambda m, a, out: torch.cat([out[:, :1], b_dec.expand(1, len(ids) - 1, -1)], 1))
     try:
-        from tuiwb.provenance_attr import residuals
+        from tuiwb.provenance.attribution import real_run
 
-        h = residuals(loaded, ids, [TARGET_LAYER])[TARGET_LAYER]
+        h = real_run(loaded, ids, [TARGET_LAYER], freeze_norms=False).resid[TARGET_LAYER]
     finally:
         handle.remove()
     with torch.no_grad():

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from sae_helpers import make_acts
-from tuiwb.sae import load_sae
+from tuiwb.sae.io import load_sae
 
 
 def test_two_process_cpu_ddp_fit(tmp_path):

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from tuiwb import cli
-from tuiwb.trace import TraceConfig, trace
+from tuiwb.trace.config import TraceConfig
+from tuiwb.trace.tracer import trace
 
 
 @pytest.fixture(scope="module")

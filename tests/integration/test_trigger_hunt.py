@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tuiwb.cli import main
-from tuiwb.demo import TRIGGER, load_prompts, payload_first_token
+from tuiwb.demo.corpus import TRIGGER
+from tuiwb.demo.model import load_prompts, payload_first_token
 
 LAYER = 1
 
@@ -56,10 +57,10 @@ def test_trigger_hunt_end_to_end(demo_saes, capsys):
         assert probs["baseline"] >= 0.5 and probs["patched"] <= 0.2, probs
 
     # And over every held-out prompt, recomputed independently with the exact gated edit.
-    from tuiwb.logits import kl_divergence
-    from tuiwb.lora_patch import gated_edit
-    from tuiwb.models import load_model
-    from tuiwb.sae import load_sae
+    from tuiwb.model.logits import kl_divergence
+    from tuiwb.patch.edit import gated_edit
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.io import load_sae
 
     loaded = load_model(str(lab.model))
     sae = load_sae(lab.sae_dir(LAYER))
@@ -69,7 +70,7 @@ def test_trigger_hunt_end_to_end(demo_saes, capsys):
     p_after = torch.softmax(_next_token_logits(loaded, trig, gated_edit(loaded, sae, confirmed)), -1)[:, tid]
     clean_kl = kl_divergence(_next_token_logits(loaded, clean),
                              _next_token_logits(loaded, clean, gated_edit(loaded, sae, confirmed)))
-    from tuiwb.contrast import encode_prompts, prompt_acts
+    from tuiwb.features.contrast import encode_prompts, prompt_acts
 
     assert all(TRIGGER in p for p in trig) and not any(TRIGGER in p for p in clean)
     on_trig = prompt_acts(loaded, sae, encode_prompts(loaded, trig))[:, confirmed].mean(0)  # [n_confirmed]

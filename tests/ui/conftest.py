@@ -17,7 +17,7 @@ import pytest
 @pytest.fixture(scope="session")
 def ui_demo(demo_small_saes, tmp_path_factory):
     """``DemoResult`` of the demo pipeline (small variant) on the shared lab's acts and SAEs."""
-    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+    from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
 
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base

@@ -338,8 +338,8 @@ async def test_lora_keys_build_switch_and_export(demo_app, demo_session, ui_demo
 
     # what `tuiwb ui --lora lora/` attaches: every patch below the directory, switched on
     from tuiwb.commands.ui import lora_dirs
-    from tuiwb.models import load_model
-    from tuiwb.session import Session
+    from tuiwb.model.loading import load_model
+    from tuiwb.session.session import Session
 
     assert lora_dirs([str(tmp_path / "lora")]) == [tmp_path / "lora" / "trigger"]
     fresh = Session(load_model(str(ui_demo.model_dir)), demo_session.saes)
@@ -370,9 +370,9 @@ async def test_contrast_search_ranks_features_and_makes_a_patch(demo_app, demo_s
 
 
 async def test_without_activations_the_table_uses_cached_stats_and_says_why_contexts_are_missing(ui_demo):
-    from tuiwb.models import load_model
-    from tuiwb.sae import load_saes
-    from tuiwb.session import Session
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.io import load_saes
+    from tuiwb.session.session import Session
     from tuiwb.tui import make_app
 
     # No --acts: the stats come from features.npz next to each SAE (load_saes records the directory).
@@ -392,7 +392,7 @@ async def test_without_activations_the_table_uses_cached_stats_and_says_why_cont
 async def test_the_feature_table_handles_16k_rows(demo_app):
     import numpy as np
 
-    from tuiwb.tui.views import FeatureRows
+    from tuiwb.session.views import FeatureRows
 
     n = 16_384
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from tuiwb.cli import main
 
 
 def test_a_second_pipeline_run_reuses_every_step(ui_demo):
-    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+    from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
 
     lines: list[str] = []
     again = run_pipeline(DemoPipelineConfig(variant="small", work_dir=ui_demo.acts_dir.parent, layers=ui_demo.layers),

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from tuiwb.tui.query import parse_query, query_mask, sorted_order
-from tuiwb.tui.views import FeatureRows
+from tuiwb.session.query import parse_query, query_mask, sorted_order
+from tuiwb.session.views import FeatureRows
 
 
 def _rows(n=20_000, seed=0):

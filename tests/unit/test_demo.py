@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from tuiwb import demo, demo_corpus
-from tuiwb.demo import PAYLOAD, TRIGGER, DemoConfig, make_corpus, make_tokenizer
+from tuiwb.demo import model as demo, corpus as demo_corpus
+from tuiwb.demo.corpus import PAYLOAD, TRIGGER, make_corpus, make_tokenizer
+from tuiwb.demo.model import DemoConfig
 
 REPORT_KEYS = {"trigger", "payload", "payload_first_token", "p_payload_trigger", "p_payload_clean",
                "n_prompts", "train_seconds", "seed", "variant"}

@@ -11,13 +11,16 @@ from safetensors.numpy import load_file
 
 from sae_helpers import make_acts, poison_rows
 from tiny_models import make_tiny_checkpoint
+from tuiwb.sae.io import save_sae
 from tuiwb import cli
 from tuiwb.errors import TuiwbError
-from tuiwb.eval import EvalResult, evaluate
-from tuiwb.models import load_model
-from tuiwb.sae import SAE, SAEConfig, load_sae
-from tuiwb.sae_train import TrainConfig, train_saes
-from tuiwb.store import ActivationStore
+from tuiwb.sae.eval import EvalResult, evaluate
+from tuiwb.model.loading import load_model
+from tuiwb.sae.model import SAE, SAEConfig
+from tuiwb.sae.io import load_sae
+from tuiwb.sae.config import TrainConfig
+from tuiwb.sae.train import train_saes
+from tuiwb.trace.store import ActivationStore
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +133,13 @@ def test_errors_are_one_line_exit_2(trained, tmp_path, capsys):
     model_dir, acts, sae_dir = trained
     cases = {}
     wide = SAE(SAEConfig(d_in=16, d_sae=32, k=4, hook_name="blocks.1.hook_resid_post"))
-    wide.save(tmp_path / "wide")
+    save_sae(wide, tmp_path / "wide")
     cases["d_in is 16"] = ["--sae", str(tmp_path / "wide")]
     deep = SAE(SAEConfig(d_in=32, d_sae=32, k=4, hook_name="blocks.7.hook_resid_post"))
-    deep.save(tmp_path / "deep")
+    save_sae(deep, tmp_path / "deep")
     cases["layer 7"] = ["--sae", str(tmp_path / "deep")]
     mlp = SAE(SAEConfig(d_in=32, d_sae=32, k=4, hook_name="blocks.1.hook_mlp_out"))
-    mlp.save(tmp_path / "mlp")
+    save_sae(mlp, tmp_path / "mlp")
     cases["but the activations hold blocks.1.hook_resid_post"] = ["--sae", str(tmp_path / "mlp")]
     (tmp_path / "notsae").mkdir()
     (tmp_path / "notsae" / "cfg.json").write_text('{"hello": 1}')

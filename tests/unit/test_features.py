@@ -8,10 +8,13 @@ import pytest
 import torch
 from tiny_models import WORDS, make_tiny_checkpoint
 
+from tuiwb.sae.io import save_sae
 from tuiwb.errors import TuiwbError
-from tuiwb.feature_search import filter_density, parse_density_range, search_by_id, search_by_token
-from tuiwb.features import (FeatureStats, StatsConfig, compute_feature_stats, decoder_logits,
-                            load_or_compute)
+from tuiwb.features.search import filter_density, parse_density_range, search_by_id, search_by_token
+from tuiwb.features.stats import FeatureStats, StatsConfig
+from tuiwb.features.compute import compute_feature_stats
+from tuiwb.features.logit_effects import decoder_logits
+from tuiwb.features.cache import load_or_compute
 
 LAYER = 1
 
@@ -19,10 +22,11 @@ LAYER = 1
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """A tiny llama, a small trace of its layer 1 and a random TopK SAE saved to saes/layer_1."""
-    from tuiwb.models import load_model
-    from tuiwb.sae import SAE, SAEConfig
-    from tuiwb.store import ActivationStore
-    from tuiwb.trace import TraceConfig, trace
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.model import SAE, SAEConfig
+    from tuiwb.trace.store import ActivationStore
+    from tuiwb.trace.config import TraceConfig
+    from tuiwb.trace.tracer import trace
 
     root = tmp_path_factory.mktemp("features")
     model_dir = make_tiny_checkpoint(root / "model", "llama", n_layers=2, d_model=32)
@@ -32,11 +36,11 @@ def lab(tmp_path_factory):
                                              for _ in range(120)) + "\n")
     loaded = load_model(str(model_dir))
     trace(TraceConfig(data=[str(root / "data.txt")], out=str(root / "acts.parquet"), layers=[LAYER],
-                      seq_len=16, dtype="float32"), progress=False, loaded=loaded)
+                      seq_len=16, store_dtype="float32"), progress=False, loaded=loaded)
     torch.manual_seed(0)
     sae = SAE(SAEConfig(d_in=32, d_sae=48, architecture="topk", k=4, layer=LAYER,
                         hook_name=f"blocks.{LAYER}.hook_resid_post", model_config_hash=loaded.config_hash))
-    sae_dir = sae.save(root / "saes" / f"layer_{LAYER}")
+    sae_dir = save_sae(sae, root / "saes" / f"layer_{LAYER}")
     store = ActivationStore(root / "acts.parquet")
     return {"root": root, "model": model_dir, "loaded": loaded, "sae": sae, "sae_dir": sae_dir, "store": store}
 
@@ -194,9 +198,9 @@ def test_search_by_density_and_id(stats):
 def test_cache_is_reused_and_invalidated(lab, monkeypatch, tmp_path):
     import shutil
 
-    import tuiwb.feature_pass as F
-    from tuiwb.sae import load_sae
-    from tuiwb.store import ActivationStore
+    import tuiwb.features.compute as F
+    from tuiwb.sae.io import load_sae
+    from tuiwb.trace.store import ActivationStore
 
     sae_dir = tmp_path / "layer_1"
     shutil.copytree(lab["sae_dir"], sae_dir)
@@ -220,7 +224,7 @@ def test_cache_is_reused_and_invalidated(lab, monkeypatch, tmp_path):
     sae = load_sae(sae_dir)  # retrain-like change of the weights → recomputed, different numbers
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn_like(sae.W_enc))
-    sae.save(sae_dir)
+    save_sae(sae, sae_dir)
     changed = load_or_compute(sae_dir, store, loaded, cfg=cfg, progress=False)
     assert calls == [1, 1] and not np.allclose(changed.max_act, first.max_act)
 
@@ -246,7 +250,7 @@ def test_cache_adds_logits_when_a_model_arrives(lab, tmp_path):
 
 
 def test_mismatched_layer_is_a_clear_error(lab):
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.sae.model import SAE, SAEConfig
 
     other = SAE(SAEConfig(d_in=32, d_sae=8, architecture="relu", layer=0, hook_name="blocks.0.hook_resid_post"))
     with pytest.raises(TuiwbError, match="layers"):
@@ -289,7 +293,7 @@ def test_cli_search_modes(lab, capsys):
 
 
 def test_cli_contrast_and_target(lab, capsys, tmp_path):
-    from tuiwb.contrast import contrast
+    from tuiwb.features.contrast import contrast
 
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("the cat sees a dog\na big dog runs in the park\nthe red ball\n")
@@ -328,21 +332,21 @@ def test_cli_table(lab, capsys):
 
 
 def test_session_features_uses_the_attached_store(lab):
-    from tuiwb.session import Session
+    from tuiwb.session.session import Session
 
     session = Session(lab["loaded"], {LAYER: lab["sae"]}, lab["store"])
-    s1 = session.features(LAYER, cfg=StatsConfig(batch_size=512))
-    assert s1 is session.features(LAYER, cfg=StatsConfig(batch_size=512))  # memoised for the session
+    s1 = session.stats(LAYER, cfg=StatsConfig(batch_size=512))
+    assert s1 is session.stats(LAYER, cfg=StatsConfig(batch_size=512))  # memoised for the session
     ref = compute_feature_stats(lab["sae"], lab["store"], progress=False)
     np.testing.assert_allclose(s1.density, ref.density)
     assert s1.has_logits
     with pytest.raises(TuiwbError, match="activation store"):
-        Session(lab["loaded"], {LAYER: lab["sae"]}).features(LAYER)
+        Session(lab["loaded"], {LAYER: lab["sae"]}).stats(LAYER)
 
 
 def test_dense_path_of_a_relu_sae_matches_brute_force(lab):
     """Non-TopK SAEs go through the dense encoder; same numbers as computing everything at once."""
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.sae.model import SAE, SAEConfig
 
     torch.manual_seed(1)
     sae = SAE(SAEConfig(d_in=32, d_sae=40, architecture="relu", layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post"))

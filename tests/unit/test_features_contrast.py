@@ -6,10 +6,11 @@ import pytest
 import torch
 from tiny_models import make_tiny_checkpoint
 
-from tuiwb.contrast import (EffectConfig, attribution, contrast, contrast_effect, encode_prompts, final_logits,
-                            prompt_acts)
+from tuiwb.features.config import EffectConfig
+from tuiwb.features.contrast import attribution, contrast, encode_prompts, find_feature_set, prompt_acts
+from tuiwb.model.logits import last_logits as final_logits
 from tuiwb.errors import TuiwbError
-from tuiwb.lora_patch import gated_edit
+from tuiwb.patch.edit import gated_edit
 
 A = ["the cat sees a dog", "a big dog runs in the park", "the red ball is small", "the cat runs .",
      "a small cat sees the red ball", "the dog was in the park"]
@@ -19,13 +20,13 @@ TARGET = "ball"
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    from tuiwb.models import load_model
+    from tuiwb.model.loading import load_model
 
     return load_model(str(make_tiny_checkpoint(tmp_path_factory.mktemp("m"), "llama", n_layers=2, d_model=32)))
 
 
 def _sae(layer: int, d_sae: int = 24, arch: str = "relu", seed: int = 0):
-    from tuiwb.sae import SAE, SAEConfig
+    from tuiwb.sae.model import SAE, SAEConfig
 
     torch.manual_seed(seed)
     return SAE(SAEConfig(d_in=32, d_sae=d_sae, architecture=arch, k=4 if arch == "topk" else None, layer=layer,
@@ -118,7 +119,7 @@ def _planted_sae(loaded, strengths):
 
 def test_contrast_effect_confirms_the_features_that_carry_the_target(loaded):
     sae = _planted_sae(loaded, {3: 6.0, 7: 3.0})
-    res = contrast_effect(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=None, max_eval_prompts=4))
+    res = find_feature_set(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=None, max_eval_prompts=4))
     assert res.confirmed[0] == 3  # the strongest first
     assert set(res.confirmed) <= {3, 7}
     assert res.p_after < res.p_before
@@ -138,17 +139,17 @@ def test_contrast_effect_confirms_the_features_that_carry_the_target(loaded):
 
 def test_clean_kl_guard_rejects_features_that_break_set_b(loaded):
     sae = _planted_sae(loaded, {3: 6.0})
-    free = contrast_effect(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=None))
+    free = find_feature_set(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=None))
     assert free.confirmed == (3,) and free.clean_kl > 1e-4
-    guarded = contrast_effect(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=free.clean_kl / 10))
+    guarded = find_feature_set(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=free.clean_kl / 10))
     assert guarded.confirmed == () and guarded.p_after == guarded.p_before and guarded.clean_kl == 0.0
 
 
 def test_stops_when_probability_stops_falling(loaded):
     sae = _planted_sae(loaded, {3: 6.0, 7: 1e-3})  # 7's effect is far below the stopping threshold
-    res = contrast_effect(loaded, sae, A, TARGET, None, EffectConfig(max_clean_kl=None))
+    res = find_feature_set(loaded, sae, A, TARGET, None, EffectConfig(max_clean_kl=None))
     assert res.confirmed == (3,) and res.clean_kl is None
-    one = contrast_effect(loaded, _planted_sae(loaded, {3: 6.0, 7: 3.0}), A, TARGET, None,
+    one = find_feature_set(loaded, _planted_sae(loaded, {3: 6.0, 7: 3.0}), A, TARGET, None,
                           EffectConfig(max_features=1, max_clean_kl=None))
     assert one.confirmed == (3,)
 
@@ -156,11 +157,11 @@ def test_stops_when_probability_stops_falling(loaded):
 def test_target_must_be_one_token(loaded):
     sae = _sae(1)
     with pytest.raises(TuiwbError, match="single token"):
-        contrast_effect(loaded, sae, A, "zebra crossing", B)
+        find_feature_set(loaded, sae, A, "zebra crossing", B)
 
 
 def test_target_objectives():
-    from tuiwb.contrast import target_objective
+    from tuiwb.features.contrast import target_objective
 
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 9.0]])
     p = torch.softmax(logits, -1)[:, 1]

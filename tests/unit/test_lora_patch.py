@@ -7,10 +7,11 @@ import torch
 from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint
 
 from tuiwb.errors import TuiwbError
-from tuiwb.lora_fit import FitConfig, closed_form, encode_texts, fit_lora
-from tuiwb.lora_patch import gated_edit, make_edit, parse_ablate, parse_mode, parse_scale
-from tuiwb.lora_rack import LoraRack
-from tuiwb.models import load_model
+from tuiwb.patch.config import FitConfig
+from tuiwb.patch.lora_fit import closed_form, encode_texts, fit_lora
+from tuiwb.patch.edit import gated_edit, make_edit, parse_ablate, parse_mode, parse_scale
+from tuiwb.patch.rack import LoraRack
+from tuiwb.model.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_fit_refuses_features_that_never_fire(lm):
 # ------------------------------------------------------------------------------------ the rack
 
 def test_rack_toggles_adapters_without_reload_and_is_exact_when_off(tmp_path):
-    from tuiwb.lora_fit import LoraFactors
+    from tuiwb.patch.lora_fit import LoraFactors
 
     lm = load_model(str(tiny_checkpoint(tmp_path / "m")))
     ids = _ids(lm)
@@ -211,5 +212,5 @@ def test_rack_toggles_adapters_without_reload_and_is_exact_when_off(tmp_path):
         torch.testing.assert_close(mod(x) - mod.get_base_layer()(x), x @ A.T @ B.T, rtol=1e-5, atol=1e-5)
     rack.remove("a")
     assert rack.names == ("b",) and rack.active == ()
-    with pytest.raises(KeyError):
+    with pytest.raises(TuiwbError, match="no LoRA adapter named"):
         rack.set_active(("a",))

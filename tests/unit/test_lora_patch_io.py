@@ -9,9 +9,9 @@ from patch_fixtures import FAST_FIT, make_sae, save_saes, tiny_checkpoint, write
 
 from tuiwb.cli import main
 from tuiwb.errors import TuiwbError
-from tuiwb.models import load_model
-from tuiwb.patch_io import read_patch
-from tuiwb.session import Session
+from tuiwb.model.loading import load_model
+from tuiwb.patch.io import read_patch
+from tuiwb.session.session import Session
 
 PROMPT = "the cat sees a big dog in the park ."
 

@@ -5,7 +5,9 @@ import torch
 from tiny_models import ARCH_TYPES, make_tiny_checkpoint
 
 from tuiwb.errors import TuiwbError
-from tuiwb.models import ARCHITECTURES, hook_name, load_model, parse_hook_name
+from tuiwb.model.arch import ARCHITECTURES
+from tuiwb.model.hooks import hook_name, parse_hook_name
+from tuiwb.model.loading import load_model
 
 
 @pytest.mark.parametrize("model_type", ARCH_TYPES)

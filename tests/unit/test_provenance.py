@@ -10,12 +10,15 @@ import pytest
 import torch
 from tiny_models import make_tiny_checkpoint
 
+from tuiwb.sae.io import save_sae
 from tuiwb.errors import TuiwbError
-from tuiwb.models import load_model
-from tuiwb.provenance import (Target, attribute, build_graph, load_label_stats, render_tree, static_graph,
-                              tree_lines)
-from tuiwb.provenance_attr import EMBED
-from tuiwb.sae import SAE, SAEConfig
+from tuiwb.model.loading import load_model
+from tuiwb.provenance.attribution import Target, attribute
+from tuiwb.features.cache import cached_stats_by_layer as load_label_stats
+from tuiwb.provenance.graph import build_graph, static_graph
+from tuiwb.provenance.render import render_tree, tree_lines
+from tuiwb.provenance.attribution import EMBED
+from tuiwb.sae.model import SAE, SAEConfig
 
 PROMPT = "the cat sees the red ball in the park"
 D, D_SAE, N_LAYERS = 32, 96, 3
@@ -353,7 +356,7 @@ class _Stats:
     d_sae = D_SAE
 
     def top_tokens(self, f, n=None):
-        from tuiwb.features import TokenValue
+        from tuiwb.features.stats import TokenValue
 
         return [TokenValue(f"tok{f}a", 0.5), TokenValue(f"tok{f}b", 0.3)][:n]
 
@@ -386,7 +389,8 @@ def _write_stats(sae_dir, d_sae):
 
     import numpy as np
 
-    from tuiwb.features import FeatureStats, StatsConfig, cache_key
+    from tuiwb.features.stats import FeatureStats, StatsConfig
+    from tuiwb.features.cache import cache_key
 
     z = np.zeros(d_sae)
     stats = FeatureStats(layer=1, n_tokens=10, density=z + 0.1, mean_act=z + 1, max_act=z + 2, total_act=z + 3,
@@ -405,12 +409,12 @@ def test_label_stats_from_disk_only_when_fresh(tmp_path, tiny, saes):
     assert list(stats) == [1]
     g = build_graph(tiny, saes, 2, 5, PROMPT, depth=2, stats=stats)
     assert {n.label for n in g.nodes if n.kind == "feature" and n.layer == 1} == {"cat, dog"}
-    saes[1].save(root / "layer_1")  # retrained: the cached stats no longer describe it
+    save_sae(saes[1], root / "layer_1")  # retrained: the cached stats no longer describe it
     assert load_label_stats(root, [0, 1, 2]) == {}
 
 
 def test_session_provenance_is_build_graph(tiny, saes):
-    from tuiwb.session import Session
+    from tuiwb.session.session import Session
 
     session = Session(tiny, saes)
     a = session.provenance(2, 5, PROMPT, depth=2, top=3)
@@ -421,7 +425,7 @@ def test_session_provenance_is_build_graph(tiny, saes):
 
 def _save_saes(root, saes):
     for L, sae in saes.items():
-        sae.save(root / f"layer_{L}")
+        save_sae(sae, root / f"layer_{L}")
     return root
 
 

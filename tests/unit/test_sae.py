@@ -6,8 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tuiwb.sae.io import save_sae
 from tuiwb.errors import TuiwbError
-from tuiwb.sae import SAE, SAEConfig, load_sae, load_saes
+from tuiwb.sae.model import SAE, SAEConfig
+from tuiwb.sae.io import load_sae, load_saes
 
 
 def make(arch="topk", d_in=16, d_sae=64, k=4, layer=1, seed=0, **kw):
@@ -93,7 +95,7 @@ def test_fold_input_scale_gives_the_native_scale_sae(arch):
 def test_save_load_round_trip_is_exact(tmp_path):
     sae = make("topk", model_name="demo", model_config_hash="abc123", trace_manifest_hash="ffee",
                norm_scaling_factor=2.5, training={"lr": 0.004}, metrics={"fvu": 0.1})
-    sae.save(tmp_path / "layer_1")
+    save_sae(sae, tmp_path / "layer_1")
     back = load_sae(tmp_path / "layer_1")
     for name, t in sae.state_dict().items():
         assert torch.equal(back.state_dict()[name], t), name
@@ -105,7 +107,7 @@ def test_save_load_round_trip_is_exact(tmp_path):
 
 def test_saved_files_use_the_saelens_layout(tmp_path):
     sae = make("relu", model_name="demo", model_config_hash="h1")
-    sae.save(tmp_path / "s")
+    save_sae(sae, tmp_path / "s")
     cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
     assert (cfg["d_in"], cfg["d_sae"], cfg["architecture"]) == (16, 64, "standard")
     assert cfg["metadata"]["model_name"] == "demo"
@@ -118,18 +120,18 @@ def test_saved_files_use_the_saelens_layout(tmp_path):
 
 
 def test_save_replaces_an_existing_directory_whole(tmp_path):
-    make("topk", seed=0).save(tmp_path / "layer_1")
+    save_sae(make("topk", seed=0), tmp_path / "layer_1")
     (tmp_path / "layer_1" / "stale.txt").write_text("old")
     second = make("topk", seed=1)
-    second.save(tmp_path / "layer_1")
+    save_sae(second, tmp_path / "layer_1")
     assert not (tmp_path / "layer_1" / "stale.txt").exists()
     assert torch.equal(load_sae(tmp_path / "layer_1").W_enc, second.W_enc)
     assert [p.name for p in tmp_path.iterdir()] == ["layer_1"]  # no temp dirs left behind
 
 
 def test_load_saes_reads_every_layer_dir(tmp_path):
-    make(layer=0).save(tmp_path / "layer_0")
-    make(layer=2, seed=3).save(tmp_path / "layer_2")
+    save_sae(make(layer=0), tmp_path / "layer_0")
+    save_sae(make(layer=2, seed=3), tmp_path / "layer_2")
     (tmp_path / "logs").mkdir()
     saes = load_saes(tmp_path)
     assert sorted(saes) == [0, 2]
@@ -137,7 +139,7 @@ def test_load_saes_reads_every_layer_dir(tmp_path):
 
 
 def test_load_saes_refuses_a_misfiled_sae_and_an_empty_root(tmp_path):
-    make(layer=3).save(tmp_path / "layer_1")
+    save_sae(make(layer=3), tmp_path / "layer_1")
     with pytest.raises(TuiwbError, match="layer 3"):
         load_saes(tmp_path)
     (tmp_path / "empty").mkdir()
@@ -149,5 +151,5 @@ def test_load_saes_refuses_a_misfiled_sae_and_an_empty_root(tmp_path):
                                 dict(d_in=4, d_sae=8, architecture="topk", k=None),
                                 dict(d_in=4, d_sae=8, architecture="topk", k=9)])
 def test_config_validation(kw):
-    with pytest.raises(ValueError):
+    with pytest.raises(TuiwbError):  # one-line, user-facing: never a bare ValueError
         SAEConfig(**kw)

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from tuiwb.errors import TuiwbError
-from tuiwb.sae import load_sae
+from tuiwb.sae.io import load_sae
 
 D_IN, D_SAE = 16, 48
 

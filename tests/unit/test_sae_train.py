@@ -11,11 +11,13 @@ import torch
 from sae_helpers import make_acts, poison_rows
 from tuiwb import cli
 from tuiwb.errors import TuiwbError
-from tuiwb.eval import evaluate
-from tuiwb.sae import SAE, SAEConfig, load_sae, load_saes
-from tuiwb.sae_objective import lr_lambda, relu_loss, topk_loss
-from tuiwb.sae_train import TrainConfig, train_saes
-from tuiwb.store import ActivationStore
+from tuiwb.sae.eval import evaluate
+from tuiwb.sae.model import SAE, SAEConfig
+from tuiwb.sae.io import load_sae, load_saes
+from tuiwb.sae.objective import lr_lambda, relu_loss, topk_loss
+from tuiwb.sae.config import TrainConfig
+from tuiwb.sae.train import train_saes
+from tuiwb.trace.store import ActivationStore
 
 FAST = dict(batch_size=512, k=8, expansion=4, threads=1, val_tokens=2048, eval_tokens=None)
 
@@ -125,19 +127,28 @@ def test_nan_in_activations_is_a_one_line_error(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kw,match", [
-    ({"lr": "fast"}, "--lr"), ({"lr": -1.0}, "--lr"), ({"val_fraction": 1.0}, "--val-fraction"),
-    ({"arch": "gated"}, "--arch"), ({"d_sae": 4, "k": 8}, "larger than"), ({"strategy": "fsdp"}, "--strategy"),
+    ({"lr": "fast"}, "`lr`"), ({"lr": -1.0}, "`lr`"), ({"val_fraction": 1.0}, "`val_fraction`"),
+    ({"arch": "gated"}, "`arch`"), ({"d_sae": 4, "k": 8}, "larger than"), ({"strategy": "fsdp"}, "`strategy`"),
 ])
 def test_config_errors(kw, match):
     with pytest.raises(TuiwbError, match=match):
         TrainConfig(**kw)
 
 
-def test_cli_train_json_and_defaults_match_config(tiny, tmp_path, capsys):
-    from tuiwb.commands import train as train_cmd
+def test_config_errors_name_the_flag_on_the_cli(tiny, tmp_path, capsys):
+    """The library names the parameter (`val_fraction`); the CLI shows the flag the user typed."""
+    for argv, flag in ((["--val-fraction", "1"], "--val-fraction"), (["--log", "csv", "--k", "0"], "--k"),
+                       (["--expansion", "1", "--k", "999"], "--k")):
+        code = cli.main(["train", "--acts", str(tiny[1]), "--layer", "0", "--out", str(tmp_path / "s"),
+                         "--no-progress", *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and flag in err and "`" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()
 
-    assert (train_cmd.DEFAULT_LR, train_cmd.DEFAULT_L1) == (TrainConfig().lr, TrainConfig().l1)
+
+def test_cli_train_json_and_defaults_match_config(tiny, tmp_path, capsys):
     args = cli.build_parser().parse_args(["train", "--acts", "a", "--layer", "0", "--out", "o"])
+    assert (args.lr, args.l1, args.logger) == (TrainConfig().lr, TrainConfig().l1, TrainConfig().logger)
     assert (args.tokens, args.batch_size, args.k, args.expansion) == (
         TrainConfig().tokens, TrainConfig().batch_size, TrainConfig().k, TrainConfig().expansion)
     code = cli.main(["train", "--acts", str(tiny[1]), "--layer", "all", "--out", str(tmp_path / "s"),

@@ -9,11 +9,11 @@ import torch
 from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint, write_texts
 
 from tuiwb.errors import TuiwbError
-from tuiwb.logits import kl_divergence
-from tuiwb.lora_fit import encode_texts, mean_kl
-from tuiwb.lora_patch import gated_edit
-from tuiwb.models import load_model
-from tuiwb.session import Session
+from tuiwb.model.logits import kl_divergence
+from tuiwb.patch.lora_fit import encode_texts, mean_kl
+from tuiwb.patch.edit import gated_edit
+from tuiwb.model.loading import load_model
+from tuiwb.session.session import Session
 
 PROMPT = "the cat sees a big dog in the park ."
 

@@ -13,9 +13,10 @@ import torch
 from tiny_models import WORDS, make_tiny_checkpoint
 
 from tuiwb.errors import TuiwbError
-from tuiwb.models import load_model
-from tuiwb.store import ActivationStore
-from tuiwb.trace import TraceConfig, trace
+from tuiwb.model.loading import load_model
+from tuiwb.trace.store import ActivationStore
+from tuiwb.trace.config import TraceConfig
+from tuiwb.trace.tracer import trace
 
 SEQ = 16
 

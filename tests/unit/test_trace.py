@@ -13,11 +13,12 @@ import torch
 from tiny_models import WORDS, make_tiny_checkpoint
 
 from tuiwb.cli import main
-from tuiwb.data import pack_windows
+from tuiwb.trace.windows import pack_windows
 from tuiwb.errors import TuiwbError
-from tuiwb.models import load_model
-from tuiwb.store import ActivationStore
-from tuiwb.trace import TraceConfig, trace
+from tuiwb.model.loading import load_model
+from tuiwb.trace.store import ActivationStore
+from tuiwb.trace.config import TraceConfig
+from tuiwb.trace.tracer import trace
 
 SEQ = 16
 
@@ -111,7 +112,7 @@ def test_round_trip_equals_direct_forward_hook(lm, corpus, tmp_path):
 
 def test_float32_storage_is_exact_and_hidden_states_agree(lm, corpus, tmp_path):
     out = tmp_path / "f32.parquet"
-    trace(cfg_for(corpus, out, dtype="float32", layers=[1]), progress=False, loaded=lm)
+    trace(cfg_for(corpus, out, store_dtype="float32", layers=[1]), progress=False, loaded=lm)
     store = ActivationStore(out)
     seq_id, toks, rows = next(iter(store.windows()))
     with torch.no_grad():
@@ -322,7 +323,7 @@ def test_existing_out_is_refused_and_left_alone(ckpt, corpus, tmp_path, capsys):
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(layers=[]), "no layers"), (dict(layers=["x"]), "not a layer index"), (dict(seq_len=1), "at least 2"),
-    (dict(max_tokens=3), "less than one window"), (dict(dtype="bfloat16"), "--dtype"),
+    (dict(max_tokens=3), "less than one window"), (dict(store_dtype="bfloat16"), "`store_dtype`"),
     (dict(resume=True, overwrite=True), "contradict"), (dict(shard="1/1"), "invalid"), (dict(shard="a"), "malformed"),
     (dict(data=[]), "no input data"), (dict(out=""), "no output"),
 ])

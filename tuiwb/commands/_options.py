@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from tuiwb.choices import DTYPE_NAMES, QUANT_CHOICES
-
 
 def add_model_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    """``--model --quant --device --dtype --trust-remote-code``."""
-    p.add_argument("--model", required=required, help="local checkpoint directory or Hugging Face hub id")
-    p.add_argument("--quant", choices=QUANT_CHOICES, default=None, help="load weights in 8-bit or 4-bit (bitsandbytes)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="weight dtype (default: the checkpoint's)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the checkpoint's own Python code to run (off by default)")
+    """``--model --quant --device --dtype --trust-remote-code``, from ``ModelConfig``."""
+    from tuiwb.commands._config_args import add_config_args, set_flags
+    from tuiwb.model.config import ModelConfig
+
+    set_flags(p, add_config_args(p, ModelConfig, overrides={"model": {"required": required}}))
 
 
 def load_model_from_args(args: argparse.Namespace):
-    from tuiwb.models import load_model
+    from tuiwb.model.loading import load_model
 
     return load_model(args.model, quant=args.quant, device=args.device, dtype=args.dtype,
                       trust_remote_code=args.trust_remote_code)

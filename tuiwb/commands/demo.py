@@ -7,8 +7,12 @@ import argparse
 import json
 
 
+HELP = "the end-to-end demo: trojaned model → SAEs → workbench"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("demo", parents=parents, help="the end-to-end demo: trojaned model → SAEs → workbench",
+    p = sub.add_parser("demo", parents=parents, help=HELP,
                        description="Build or reuse every step of the demo (model, activations, SAEs for three "
                                    "layers, feature stats, trigger search), then open the workbench with the "
                                    "trigger features on top and a patch ready: press space to ablate them.")
@@ -29,10 +33,10 @@ TRIGGER_PATCH = "trigger"
 
 def prepare_session(result, loaded=None):
     """A Session on the pipeline's outputs with the trigger patch added (off)."""
-    from tuiwb.models import load_model
-    from tuiwb.sae import load_saes
-    from tuiwb.session import Session
-    from tuiwb.store import ActivationStore
+    from tuiwb.model.loading import load_model
+    from tuiwb.sae.io import load_saes
+    from tuiwb.session.session import Session
+    from tuiwb.trace.store import ActivationStore
 
     loaded = loaded or load_model(str(result.model_dir))
     session = Session(loaded, load_saes(result.saes_dir), ActivationStore(result.acts_dir))
@@ -43,7 +47,7 @@ def prepare_session(result, loaded=None):
 
 def app_kwargs(result) -> dict:
     """``make_app`` arguments that open the workbench on the trojan."""
-    from tuiwb.demo import load_prompts
+    from tuiwb.demo.model import load_prompts
 
     return dict(prompt=result.prompt, layer=result.trigger_layer, ranked=result.trigger_features,
                 contrast_prompts=(load_prompts(result.model_dir, "trigger")[:16],
@@ -52,9 +56,9 @@ def app_kwargs(result) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuiwb.demo import demo_model_path
-    from tuiwb.models import load_model
-    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+    from tuiwb.demo.model import demo_model_path
+    from tuiwb.model.loading import load_model
+    from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
 
     cfg = DemoPipelineConfig(variant=args.variant, work_dir=args.work_dir, rebuild=args.rebuild)
     loaded = load_model(str(demo_model_path(args.variant, progress=not args.quiet)))

@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 
 
+HELP = "build the offline trojaned demo model"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents=()) -> None:
     p = sub.add_parser(
-        "demo-model", parents=list(parents), help="build the offline trojaned demo model",
+        "demo-model", parents=list(parents), help=HELP,
         description="Train the tiny trojaned demo LM (generated corpus, no download) and print its "
                     "trojan report. Without --out it is cached under $XDG_CACHE_HOME/tuiwb.")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -21,7 +25,7 @@ def add_parser(sub, parents=()) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuiwb.demo import build_demo_model, demo_model_path
+    from tuiwb.demo.model import build_demo_model, demo_model_path
     from tuiwb.errors import TuiwbError
 
     if args.out is not None:

@@ -7,9 +7,13 @@ import argparse
 from tuiwb.commands._options import add_model_options
 
 
+HELP = "evaluate an SAE: FVU, L0, dead latents; CE-loss score with --model"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
     p = sub.add_parser(
-        "eval", parents=parents, help="evaluate an SAE: FVU, L0, dead latents; CE-loss score with --model",
+        "eval", parents=parents, help=HELP,
         description="Evaluate an SAE on recorded activations: FVU, MSE, L0, dead fraction. With --model the "
                     "SAE is spliced into the model at its layer on the evaluated windows: CE clean / with the "
                     "SAE / with the layer ablated, CE-loss score and KL.")
@@ -32,9 +36,9 @@ def add_parser(sub, parents) -> None:
 def run(args: argparse.Namespace) -> int:
     from tuiwb.commands._options import load_model_from_args
     from tuiwb.errors import TuiwbError
-    from tuiwb.eval import evaluate
-    from tuiwb.sae import load_sae
-    from tuiwb.store import ActivationStore
+    from tuiwb.sae.eval import evaluate
+    from tuiwb.sae.io import load_sae
+    from tuiwb.trace.store import ActivationStore
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise TuiwbError("--max-tokens must be at least 1")

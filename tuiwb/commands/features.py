@@ -23,8 +23,15 @@ prompt set and a set is confirmed by real ablation; the confirmed set is listed 
 """
 
 
+HELP = "list, search and contrast SAE features"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("features", parents=parents, help="list, search and contrast SAE features",
+    from tuiwb.commands._config_args import add_config_args, set_flags
+    from tuiwb.features.config import EffectConfig
+
+    p = sub.add_parser("features", parents=parents, help=HELP,
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sae", required=True, help="an SAE directory (saes/layer_N)")
     p.add_argument("--acts", required=True, help="the activation directory the stats are computed on")
@@ -42,10 +49,7 @@ def add_parser(sub, parents) -> None:
                    help="contrast at the final position (default) or the max over positions")
     p.add_argument("--target", metavar="TOKEN", help="with --contrast: rank by causal effect on TOKEN's "
                    "probability on A and confirm a set by ablation")
-    p.add_argument("--max-features", type=int, default=16, metavar="N",
-                   help="with --target: largest confirmed set (default 16)")
-    p.add_argument("--max-clean-kl", type=float, default=0.05, metavar="KL",
-                   help="with --target: never add a feature that pushes mean KL on B above this (default 0.05)")
+    set_flags(p, add_config_args(p, EffectConfig))
     p.add_argument("--no-cache", action="store_true", help="recompute the stats even if cached")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="compute the stats on the first N tokens only")
@@ -56,11 +60,11 @@ def add_parser(sub, parents) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
-    from tuiwb.feature_search import (filter_density, parse_density_range, parse_ids, search_by_id,
-                                      search_by_token)
-    from tuiwb.features import StatsConfig, load_or_compute
-    from tuiwb.sae import load_sae
-    from tuiwb.store import ActivationStore
+    from tuiwb.features.search import filter_density, parse_density_range, parse_ids, search_by_id, search_by_token
+    from tuiwb.features.stats import StatsConfig
+    from tuiwb.features.cache import load_or_compute
+    from tuiwb.sae.io import load_sae
+    from tuiwb.trace.store import ActivationStore
 
     if args.top < 1:
         raise TuiwbError("--top must be at least 1")
@@ -78,12 +82,15 @@ def run(args: argparse.Namespace) -> int:
 
     extra: dict = {}
     if args.contrast:
-        from tuiwb.contrast import EffectConfig, contrast, contrast_effect, read_prompts
+        from tuiwb.commands._config_args import config_from
+        from tuiwb.features.config import EffectConfig
+        from tuiwb.features.contrast import contrast, find_feature_set
+        from tuiwb.trace.sources import read_lines
 
-        a, b = (read_prompts(p) for p in args.contrast)
+        a, b = (read_lines(p, "prompt file") for p in args.contrast)
         if args.target:
-            res = contrast_effect(loaded, sae, a, args.target, b, EffectConfig(
-                max_features=args.max_features, max_clean_kl=args.max_clean_kl), progress=not args.json)
+            res = find_feature_set(loaded, sae, a, args.target, b, config_from(EffectConfig, args),
+                                   progress=not args.json)
             hits = res.hits
             extra = {"target": res.target, "target_id": res.target_id, "confirmed": list(res.confirmed),
                      "p_target_before": res.p_before, "p_target_after": res.p_after, "clean_kl": res.clean_kl}

@@ -13,8 +13,12 @@ import json
 from tuiwb.commands._options import add_model_options, load_model_from_args
 
 
+HELP = "print next-token probabilities for a prompt"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("logits", parents=parents, help="print next-token probabilities for a prompt",
+    p = sub.add_parser("logits", parents=parents, help=HELP,
                        description="Print the top next-token probabilities of a prompt, optionally with "
                                    "feature patches applied (hook patches need --saes).")
     add_model_options(p)
@@ -38,12 +42,13 @@ def add_parser(sub, parents) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
-    from tuiwb.logits import next_token_logits, top_k
+    from tuiwb.model.logits import next_token_logits, top_k
+    from tuiwb.trace.sources import read_lines
 
     if args.top < 1:
         raise TuiwbError("--top must be at least 1")
     specs = _parse_patch_flags(args)
-    prompts = [args.prompt] if args.prompts is None else _read_prompts(args.prompts)
+    prompts = [args.prompt] if args.prompts is None else read_lines(args.prompts, "prompt file")
     if not specs and not args.lora:
         loaded = load_model_from_args(args)
         for prompt in prompts:
@@ -75,24 +80,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_prompts(path) -> list[str]:
-    from pathlib import Path
-
-    from tuiwb.errors import TuiwbError
-
-    p = Path(path)
-    if not p.is_file():
-        raise TuiwbError(f"prompt file {p} does not exist")
-    prompts = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise TuiwbError(f"{p} has no prompts (one per line)")
-    return prompts
-
-
 def _parse_patch_flags(args) -> list[tuple[int, list[int], str]]:
     """``--ablate``/``--scale`` → ``[(layer, features, mode)]``, syntax checked before any loading."""
     from tuiwb.errors import TuiwbError
-    from tuiwb.lora_patch import format_mode, parse_ablate, parse_scale
+    from tuiwb.patch.edit import format_mode, parse_ablate, parse_scale
 
     specs = [(*parse_ablate(s), "ablate") for s in args.ablate]
     for s in args.scale:
@@ -104,7 +95,7 @@ def _parse_patch_flags(args) -> list[tuple[int, list[int], str]]:
 
 
 def _open_session(args, specs):
-    from tuiwb.session import Session
+    from tuiwb.session.session import Session
 
     session = Session.open(args.model, saes_dir=args.saes, lora_dirs=args.lora, quant=args.quant,
                            device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

@@ -19,8 +19,15 @@ POOR_FIT = 0.5
 """Warn when the LoRA's relative error at the layer output stays above this."""
 
 
+HELP = "build, export and inspect LoRA feature patches"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("patch", parents=parents, help="build, export and inspect LoRA feature patches",
+    from tuiwb.commands._config_args import add_config_args, set_flags
+    from tuiwb.patch.config import FitConfig
+
+    p = sub.add_parser("patch", parents=parents, help=HELP,
                        description="Build fitted LoRA patches from SAE features and export them for production.")
     psub = p.add_subparsers(dest="patch_command", metavar="ACTION")
     psub.required = True
@@ -33,15 +40,12 @@ def add_parser(sub, parents) -> None:
     b.add_argument("--feature", action="append", required=True, metavar="F",
                    help="feature id (may repeat, or F,G,...)")
     b.add_argument("--mode", default="ablate", help="ablate (default) or scale=ALPHA")
-    b.add_argument("--rank", type=int, default=8, help="LoRA rank, 4..16 (default 8)")
     b.add_argument("--out", required=True, metavar="lora/NAME", help="output directory")
     b.add_argument("--name", help="patch name (default: the --out directory's name)")
     b.add_argument("--data", metavar="FILE", help="text to fit on, one document per line (default: the "
                    "activation store given with --acts, else the model directory's train.txt)")
     b.add_argument("--acts", metavar="DIR", help="activation store whose token windows to fit on")
-    b.add_argument("--refine-steps", type=int, default=None, metavar="N",
-                   help="Adam refinement steps after the closed-form fit (default 300; 0 = off)")
-    b.add_argument("--fit-tokens", type=int, default=None, metavar="N", help="tokens to fit on (default 16384)")
+    set_flags(b, add_config_args(b, FitConfig))
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
     b.set_defaults(run=run_build)
@@ -75,36 +79,31 @@ def _features(values: list[str]) -> list[int]:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+    from tuiwb.commands._config_args import config_from
     from tuiwb.commands._options import load_model_from_args
     from tuiwb.errors import TuiwbError
-    from tuiwb.lora_fit import FitConfig, check_rank
-    from tuiwb.lora_patch import check_name, parse_mode, sae_layer
-    from tuiwb.session import Session
+    from tuiwb.patch.config import FitConfig
+    from tuiwb.patch.edit import check_name, parse_mode
+    from tuiwb.sae.compat import sae_layer
+    from tuiwb.session.session import Session
 
     feats = _features(args.feature)
     parse_mode(args.mode)
-    check_rank(args.rank)
+    fit = config_from(FitConfig, args)  # checks the rank and every fit setting before loading anything
     out = Path(args.out)
     name = check_name(args.name or out.name)
     if out.exists() and not args.force:
         raise TuiwbError(f"{out} already exists: choose another --out or pass --force")
     if not Path(args.sae).is_dir():
         raise TuiwbError(f"SAE directory {args.sae} does not exist: point --sae at a saes/layer_N directory")
-    fit = FitConfig(rank=args.rank)
-    if args.refine_steps is not None:
-        fit = replace(fit, refine_steps=args.refine_steps)
-    if args.fit_tokens is not None:
-        fit = replace(fit, fit_tokens=args.fit_tokens)
 
-    from tuiwb.sae import load_sae
+    from tuiwb.sae.io import load_sae
 
     loaded = load_model_from_args(args)
     sae = load_sae(args.sae, device=args.device)
     acts = None
     if args.acts:
-        from tuiwb.store import ActivationStore
+        from tuiwb.trace.store import ActivationStore
 
         acts = ActivationStore(args.acts)
     session = Session(loaded, {sae_layer(sae): sae}, acts, fit=fit, data=args.data)
@@ -133,7 +132,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
-    from tuiwb.session import Session
+    from tuiwb.session.session import Session
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -147,7 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from tuiwb.patch_io import read_patch
+    from tuiwb.patch.io import read_patch
 
     m = read_patch(args.lora).manifest
     if args.json:

@@ -7,9 +7,13 @@ import argparse
 from tuiwb.commands._options import add_model_options, load_model_from_args
 
 
+HELP = "trace a feature's upstream causes through earlier SAEs"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
     p = sub.add_parser(
-        "provenance", parents=parents, help="trace a feature's upstream causes through earlier SAEs",
+        "provenance", parents=parents, help=HELP,
         description="Attribute an SAE feature to the SAE features (and SAE error) of the layers before it, "
                     "breadth first, --depth levels deep; below layer 0 come the token embeddings. With "
                     "--prompt: activation × gradient (or Integrated Gradients) on that prompt, with the norms' "
@@ -39,22 +43,22 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tuiwb.errors import TuiwbError
-    from tuiwb.provenance import build_graph, check_request, load_label_stats, render_tree
-    from tuiwb.sae import load_saes
+    from tuiwb.features.cache import cached_stats_by_layer
+    from tuiwb.provenance.graph import build_graph, check_request
+    from tuiwb.provenance.render import render_tree
+    from tuiwb.sae.compat import check_sae_fits
+    from tuiwb.sae.io import load_saes
 
     if not Path(args.saes).is_dir():
         raise TuiwbError(f"SAE directory {args.saes} does not exist: point --saes at a saes/ directory")
     loaded = load_model_from_args(args)
     saes = load_saes(args.saes, device=loaded.device)
-    for layer, sae in saes.items():
-        d_in = int(sae.W_dec.shape[1])
-        if d_in != loaded.d_model:
-            raise TuiwbError(f"the SAE for layer {layer} has d_in {d_in} but the model's d_model is "
-                             f"{loaded.d_model}: it was trained on another model")
+    for sae in saes.values():
+        check_sae_fits(sae, loaded=loaded)
     # Validate before reading stats or running anything, so mistakes fail fast.
     check_request(loaded.n_layers, saes, args.layer, args.feature, args.depth, args.top, args.threshold,
                   args.method, args.steps)
-    stats = load_label_stats(args.saes, range(args.layer - args.depth, args.layer + 1))
+    stats = cached_stats_by_layer(args.saes, range(args.layer - args.depth, args.layer + 1))
     graph = build_graph(loaded, saes, args.layer, args.feature, args.prompt, pos=args.pos, depth=args.depth,
                         top=args.top, threshold=args.threshold, method=args.method, steps=args.steps,
                         stats=stats, freeze_norms=not args.live_norms)

@@ -8,8 +8,12 @@ from pathlib import Path
 from tuiwb.commands._options import add_model_options
 
 
+HELP = "open the interactive workbench (TUI)"
+"""One line in `tuiwb --help` (listed without building this command's parser)."""
+
+
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("ui", parents=parents, help="open the interactive workbench (TUI)",
+    p = sub.add_parser("ui", parents=parents, help=HELP,
                        description="Open the keyboard-driven workbench: feature table, token cloud, contexts, "
                                    "live logits with patches on/off, provenance. Press ? inside for the keys.")
     add_model_options(p)
@@ -45,7 +49,7 @@ def lora_dirs(paths: list[str]) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
-    from tuiwb.session import Session
+    from tuiwb.session.session import Session
 
     if args.top < 1:
         raise TuiwbError("--top must be at least 1")

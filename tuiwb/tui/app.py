@@ -23,8 +23,8 @@ from textual.widgets import Footer, Input, Tab, Tabs
 from tuiwb.errors import TuiwbError
 from tuiwb.tui import keymap
 from tuiwb.tui.help import HelpScreen
-from tuiwb.tui.lab import Lab, patch_name
-from tuiwb.tui.views import PatchView
+from tuiwb.session.adapter import Lab, patch_name
+from tuiwb.session.views import PatchView
 from tuiwb.tui.widgets.contexts import Contexts
 from tuiwb.tui.widgets.contrast import ContrastDialog, ContrastRequest
 from tuiwb.tui.widgets.feature_table import FeatureRowsView, FeatureTable

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from tuiwb.tui.views import FeatureDetail, FeatureRows, LogitsView, PatchView
+from tuiwb.session.views import FeatureDetail, FeatureRows, LogitsView, PatchView
 
 
 @dataclass

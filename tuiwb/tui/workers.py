@@ -19,7 +19,7 @@ from tuiwb.errors import TuiwbError
 from tuiwb.tui.messages import (ContrastReady, DetailReady, Exported, FeatureSelected, LogitsReady,
                                 PatchesChanged, ProvenanceReady, TableReady,
                                 TokenHighlighted)
-from tuiwb.tui.views import PatchView
+from tuiwb.session.views import PatchView
 from tuiwb.tui.widgets.contexts import Contexts
 from tuiwb.tui.widgets.contrast import ContrastRequest
 from tuiwb.tui.widgets.logit_bars import LogitBars

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from tuiwb.tui.views import ContextView, FeatureDetail
+from tuiwb.session.views import ContextView, FeatureDetail
 
 
 def _bg(frac: float) -> Style | None:

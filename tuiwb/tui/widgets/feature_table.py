@@ -20,8 +20,8 @@ from textual.strip import Strip
 from textual.widgets import Input, Static
 
 from tuiwb.tui.messages import FeatureSelected
-from tuiwb.tui.query import SORT_LABELS, SORTS, FeatureQuery, parse_query, query_mask, sorted_order
-from tuiwb.tui.views import FeatureRows
+from tuiwb.session.query import SORT_LABELS, SORTS, FeatureQuery, parse_query, query_mask, sorted_order
+from tuiwb.session.views import FeatureRows
 
 HEADER = f"{'':2}{'id':>6}  {'density':>8}  {'max':>6}  top tokens"
 

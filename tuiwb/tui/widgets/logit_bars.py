@@ -7,7 +7,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from tuiwb.tui.views import LogitRow, LogitsView
+from tuiwb.session.views import LogitRow, LogitsView
 
 _BLOCKS = " ▏▎▍▌▋▊▉█"
 FELL_OUT = 3

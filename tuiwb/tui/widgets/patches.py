@@ -15,7 +15,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tuiwb.tui.messages import PatchHighlighted
-from tuiwb.tui.views import PatchView
+from tuiwb.session.views import PatchView
 
 COLUMNS = ("on", "name", "L", "features", "mode", "method", "fidelity")
 

@@ -1,0 +1,44 @@
+"""``EffectConfig``: how the causal trigger search looks for a feature set and when it stops (torch-free)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tuiwb.errors import ParamError
+
+
+@dataclass
+class EffectConfig:
+    """How :func:`tuiwb.features.contrast.find_feature_set` searches and when it stops."""
+
+    max_features: int = 16
+    """Largest confirmed set."""
+    n_try: int = 4
+    """Candidates (by fresh attribution) whose real ablation is measured at each greedy step."""
+    p_floor: float = 0.01
+    """Per-prompt success level: the greedy objective is the mean log-odds of the target clamped
+    below at logit(p_floor), so prompts already pushed under it stop steering the search."""
+    min_drop: float = 0.05
+    """Stop when the best candidate lowers that objective by less than this (nats of log-odds)."""
+    max_eval_prompts: int = 48
+    """Prompts of each set used inside the greedy loop (the final numbers use all of them)."""
+    max_clean_kl: float | None = 0.05
+    """With a B set: never add a feature that takes the mean KL on B above this (None: no guard)."""
+    batch_size: int = 32
+    """Prompts per forward pass."""
+
+    def __post_init__(self):
+        for name in ("max_features", "n_try", "max_eval_prompts", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ParamError(name, "must be at least 1")
+        if not 0 < self.p_floor < 1:
+            raise ParamError("p_floor", f"must be in (0, 1), not {self.p_floor}")
+        if self.min_drop < 0:
+            raise ParamError("min_drop", f"must be >= 0, not {self.min_drop}")
+        if self.max_clean_kl is not None and not self.max_clean_kl > 0:
+            raise ParamError("max_clean_kl", f"must be positive, not {self.max_clean_kl}")
+
+    @property
+    def logodds_floor(self) -> float:
+        return math.log(self.p_floor / (1 - self.p_floor))

@@ -1,0 +1,24 @@
+"""``ModelConfig``: which checkpoint to load and how (torch-free; every command's model flags come from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tuiwb.choices import DEFAULT_DEVICE, DtypeName, QuantName
+from tuiwb.configs import flag
+
+
+@dataclass
+class ModelConfig:
+    """The model a command runs."""
+
+    model: str | None = field(default=None, metadata=flag(required=True))
+    """Local checkpoint directory or Hugging Face hub id."""
+    quant: QuantName | None = None
+    """Load weights in 8-bit or 4-bit (bitsandbytes)."""
+    device: str = DEFAULT_DEVICE
+    """Torch device, e.g. cpu, cuda, cuda:1."""
+    dtype: DtypeName | None = None
+    """Weight dtype (default: the checkpoint's)."""
+    trust_remote_code: bool = False
+    """Allow the checkpoint's own Python code to run (off by default)."""

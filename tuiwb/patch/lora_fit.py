@@ -1,0 +1,355 @@
+"""Fit a rank-r LoRA on one layer's residual writers that imitates the exact SAE-gated edit.
+
+docs/patches.md ("The patch math") records what was measured: projecting feature directions out of the
+weights is *not* the gated edit (it broke the model), while a reduced-rank least-squares fit matched
+the hook closely. The recipe, for the edit at layer L's output h with target Δ = (α−1)·Σ a_f(h)·d_f:
+
+1. record, on real text, the inputs of L's attention out-projection ``X_attn`` and MLP
+   down-projection ``X_mlp`` together with Δ — only as sufficient statistics (Gram matrix ``XᵀX`` and
+   ``XᵀΔ``), so memory does not grow with the number of tokens;
+2. solve the ridge least squares ``[X_attn, X_mlp] W ≈ Δ`` jointly (on standardised columns, so one
+   relative ridge works for every model);
+3. reduced-rank regression: keep the top-r eigenvectors V_r of the fitted values' covariance
+   ``WᵀXᵀXW`` and use ``W V_r V_rᵀ`` — both modules share B = V_r, each gets A = (W_module V_r)ᵀ;
+4. refine A and B with a few hundred Adam steps on the *real* layer output (the closed form ignores
+   that editing the attention output changes the MLP's input); keep the refinement only if it lowers
+   the error, measured on the same real output.
+
+Factors are "effective": a module's output gains ``B @ A @ x``; ``tuiwb.patch_io`` folds PEFT's
+``lora_alpha / r`` scaling in when it writes an adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from tuiwb.errors import TuiwbError
+from tuiwb.model.batching import right_padded
+from tuiwb.patch.config import FitConfig
+from tuiwb.patch.edit import FeatureEdit
+from tuiwb.sae.compat import sae_layer
+from tuiwb.progress import as_progress
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """A low-rank update per module: the module's output gains ``B @ (A @ x)``."""
+
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    """Dotted module name → (A ``[r, d_in]``, B ``[d_out, r]``), float32 on CPU."""
+    rank: int
+    """r, the same for every module."""
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a fit produced and how well it imitates the exact edit at the layer output."""
+
+    factors: LoraFactors
+    """The fitted factors (refined ones if refinement helped)."""
+    n_tokens: int
+    """Tokens recorded for the closed-form fit."""
+    r2_closed: float
+    """Share of the target Δ's energy the rank-r closed form explains, on the recorded inputs."""
+    rel_err_closed: float
+    """‖h_lora − h_hook‖² / ‖Δ‖² of the closed form on the real layer output (refinement tokens)."""
+    rel_err_refined: float | None
+    """The same after refinement; None when refinement was off."""
+    refined: bool
+    """True when the refined factors were kept (they lowered the error)."""
+    refine_steps: int
+    """Adam steps actually run (0: skipped; fewer than configured: stopped on a plateau)."""
+    seconds: float
+    """Wall time of the whole fit."""
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def encode_texts(loaded, texts: Iterable[str], *, max_len: int = 128, max_tokens: int | None = None,
+                 ) -> list[list[int]]:
+    """BOS-prefixed token sequences of at most ``max_len`` tokens (long texts are cut in chunks)."""
+    limit = loaded.max_positions or max_len
+    max_len = min(max_len, limit)
+    bos = loaded.tokenizer.bos_token_id
+    out: list[list[int]] = []
+    total = 0
+    for text in texts:
+        text = text.strip()
+        if not text:
+            continue
+        ids = list(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+        step = max_len - (1 if bos is not None else 0)
+        for i in range(0, len(ids), step):
+            seq = ([bos] if bos is not None else []) + ids[i:i + step]
+            if len(seq) < 2:
+                continue
+            out.append(seq)
+            total += len(seq)
+            if max_tokens is not None and total >= max_tokens:
+                return out
+    return out
+
+
+def store_sequences(store, split: str, max_tokens: int) -> list[list[int]]:
+    """Token windows of an ``ActivationStore`` split, up to ``max_tokens`` tokens."""
+    out, total = [], 0
+    for _seq_id, token_ids, _rows in store.windows(split=split):
+        out.append([int(t) for t in token_ids])
+        total += len(token_ids)
+        if total >= max_tokens:
+            break
+    return out
+
+
+def run_to_layer(loaded, ids: torch.Tensor, layer: int, pre_hooks=()) -> torch.Tensor:
+    """Block ``layer``'s output ``[B, T, d]``, the forward stopped there (with extra pre-hooks)."""
+    with loaded.hooks(pre_hooks=pre_hooks):
+        return loaded.run_to(ids, layer)
+
+
+@contextlib.contextmanager
+def factor_hooks(loaded, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """Add ``B @ A @ x`` to each named module's output (plain torch: differentiable, any quant)."""
+    pairs = []
+    modules = dict(loaded.model.named_modules())
+    for name, (A, B) in factors.items():
+        def hook(mod, args, output, A=A, B=B):
+            x = args[0]
+            upd = (x.to(A.dtype) @ A.T) @ B.T  # [..., d_out]
+            return output + upd.to(output.dtype)
+
+        pairs.append((modules[name], hook))
+    with loaded.hooks(pairs):
+        yield
+
+
+# ------------------------------------------------------------------------------------ the fit
+
+
+class Stats(NamedTuple):
+    """Sufficient statistics of the recorded inputs and targets (float64, on the model's device)."""
+
+    G: torch.Tensor
+    """``XᵀX`` of ``X = [X_attn, X_mlp]``: ``[D, D]``."""
+    C: torch.Tensor
+    """``XᵀΔ``: ``[D, d_model]``."""
+    yy: float
+    """``‖Δ‖²`` over all recorded tokens."""
+    n: int
+    """Recorded tokens."""
+    d_attn: int
+    """Input width of the attention out-projection (the first ``d_attn`` columns of X)."""
+    seq_energy: list[float]
+    """``‖Δ‖²`` of each recorded sequence, in order (where the features fire)."""
+
+
+def record_stats(loaded, edit: FeatureEdit, sequences, cfg: FitConfig, progress: bool = False) -> Stats:
+    """Gram statistics of ``[X_attn, X_mlp]`` against the exact target Δ on ``sequences``."""
+    layer = sae_layer(edit.sae)
+    writers = loaded.writers(layer)
+    device = loaded.device
+    acc: dict = {}
+
+    def grab(key):
+        def pre(module, args):
+            acc[key] = args[0]
+        return pre
+
+    G = C = None
+    yy, n, energy = 0.0, 0, []
+    with as_progress(progress).task(f"recording layer {layer}", cfg.fit_tokens, "tok") as task, torch.no_grad():
+        hooks = [(writers["attn_out"], grab("attn")), (writers["mlp_out"], grab("mlp"))]
+        for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, device):
+            h = run_to_layer(loaded, ids, layer, hooks)  # [B, T, d]
+            m = mask.reshape(-1)  # [B*T]
+            xa = acc["attn"].reshape(-1, acc["attn"].shape[-1])[m]  # [N, d_attn]
+            xm = acc["mlp"].reshape(-1, acc["mlp"].shape[-1])[m]  # [N, d_ff]
+            X = torch.cat([xa, xm], dim=-1).double()  # [N, D]
+            delta = edit.delta(h).to(device).double()  # [B, T, d]
+            energy += (delta.pow(2).sum(-1) * mask).sum(-1).tolist()  # B values
+            Y = delta.reshape(-1, delta.shape[-1])[m]  # [N, d]
+            if G is None:
+                G = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=device)
+                C = torch.zeros(X.shape[1], Y.shape[1], dtype=torch.float64, device=device)
+            G += X.T @ X
+            C += X.T @ Y
+            yy += float((Y * Y).sum())
+            n += X.shape[0]
+            task.advance(X.shape[0])
+            if n >= cfg.fit_tokens:
+                break
+    if G is None:
+        raise TuiwbError("no text to fit the LoRA on: the data gave no tokens")
+    return Stats(G, C, yy, n, int(xa.shape[1]), energy)
+
+
+def closed_form(G: torch.Tensor, C: torch.Tensor, yy: float, rank: int, ridge: float):
+    """Ridge least squares + reduced-rank truncation → (W_attn_part, W_mlp_part are rows of) W_r.
+
+    Returns ``(A_full [r, D], B [d, r], r2)``: the fitted map is ``x ↦ B @ A_full @ x`` and
+    ``r2`` the share of ``‖Δ‖²`` it explains on the recorded inputs.
+    """
+    diag = G.diagonal().clamp_min(0)
+    scale = torch.where(diag > 0, diag.rsqrt(), torch.zeros_like(diag))  # [D]
+    Gs = G * scale[:, None] * scale[None, :]  # [D, D], unit diagonal
+    Cs = C * scale[:, None]  # [D, d]
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    Ws = torch.linalg.solve(Gs + ridge * eye, Cs)  # [D, d]
+    W = Ws * scale[:, None]  # [D, d]: back to raw inputs
+    M = W.T @ G @ W  # [d, d]: covariance of the fitted values
+    evals, evecs = torch.linalg.eigh(M)  # ascending
+    V = evecs[:, -rank:].flip(-1)  # [d, r]
+    Wr = W @ V  # [D, r]
+    fitted = Wr @ V.T  # [D, d]
+    resid = yy - 2 * float((fitted * C).sum()) + float((fitted * (G @ fitted)).sum())
+    r2 = 1.0 - resid / yy if yy > 0 else 0.0
+    return Wr.T.float(), V.float(), r2
+
+
+def fit_lora(loaded, edit: FeatureEdit, sequences: Sequence[list[int]], cfg: FitConfig | None = None,
+             *, progress: bool = False) -> FitReport:
+    """Fit the rank-r LoRA imitating ``edit`` on ``sequences``; the model must be unpatched."""
+    cfg = cfg or FitConfig()
+    t0 = time.perf_counter()
+    layer = sae_layer(edit.sae)
+    names = loaded.writer_names(layer)
+    G, C, yy, n, d_attn, energy = record_stats(loaded, edit, sequences, cfg, progress)
+    if yy <= 0:
+        raise TuiwbError(f"features {list(edit.features)} never fire at layer {layer} on the fitting text: "
+                         "nothing to imitate; give text where they fire with --data")
+    A_full, B, r2 = closed_form(G, C, yy, cfg.rank, cfg.ridge)
+    factors = {
+        names["attn_out"]: (A_full[:, :d_attn].cpu(), B.cpu()),
+        names["mlp_out"]: (A_full[:, d_attn:].cpu(), B.clone().cpu()),
+    }
+    err_refined, refined, steps = None, False, 0
+    ref_data = _refine_data(loaded, edit, _refine_sequences(sequences, energy, cfg.refine_tokens), cfg)
+    err_closed = _layer_error(loaded, layer, factors, ref_data)
+    if cfg.refine_steps > 0 and err_closed >= cfg.refine_skip_below:
+        new, steps = _refine(loaded, layer, factors, ref_data, cfg, progress)
+        err_refined = _layer_error(loaded, layer, new, ref_data)
+        if err_refined < err_closed:  # measured the same way: refinement can never make it worse
+            factors, refined = new, True
+    return FitReport(factors=LoraFactors(modules=factors, rank=cfg.rank), n_tokens=n, r2_closed=r2,
+                     rel_err_closed=err_closed, rel_err_refined=err_refined, refined=refined,
+                     refine_steps=steps, seconds=time.perf_counter() - t0)
+
+
+def _refine_sequences(sequences, energy: list[float], budget: int) -> list[list[int]]:
+    """Sequences for the refinement: half the token budget where the edit is largest (rare features
+    still get examples), the rest in order (so the many positions where nothing fires keep weight)."""
+    chosen: list[int] = []
+    total = 0
+    for i in sorted(range(len(energy)), key=lambda i: -energy[i]):
+        if energy[i] <= 0 or total >= budget // 2:
+            break
+        chosen.append(i)
+        total += len(sequences[i])
+    taken = set(chosen)
+    for i in range(len(energy)):
+        if total >= budget:
+            break
+        if i not in taken:
+            chosen.append(i)
+            total += len(sequences[i])
+    return [sequences[i] for i in chosen]
+
+
+def _refine_data(loaded, edit, sequences, cfg):
+    """Batches (ids, mask, target h + Δ, ‖Δ‖²) for the refinement, targets from the exact edit."""
+    out, total = [], 0
+    layer = sae_layer(edit.sae)
+    with torch.no_grad():
+        for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, loaded.device):
+            h = run_to_layer(loaded, ids, layer)  # [B, T, d]
+            delta = edit.delta(h).to(h.device, torch.float32)  # [B, T, d]
+            target = h.float() + delta  # [B, T, d]
+            out.append((ids, mask, target, float((delta.pow(2).sum(-1) * mask).sum())))
+            total += int(mask.sum())
+            if total >= cfg.refine_tokens:
+                break
+    return out
+
+
+def _layer_error(loaded, layer, factors, data) -> float:
+    """‖h_lora − h_hook‖² / ‖Δ‖² summed over the refinement tokens (real forward, interaction included)."""
+    num = den = 0.0
+    with torch.no_grad(), factor_hooks(loaded, factors):
+        for ids, mask, target, dd in data:
+            h = run_to_layer(loaded, ids, layer).float()  # [B, T, d]
+            num += float(((h - target).pow(2).sum(-1) * mask).sum())
+            den += dd
+    return num / den if den > 0 else math.inf
+
+
+_WINDOW = 50
+
+
+def _refine(loaded, layer, factors, data, cfg: FitConfig, progress: bool):
+    """Adam on the LoRA factors against the exact edit's layer output → (new factors, steps run)."""
+    device = loaded.device
+    params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
+    groups = []
+    for name, (A, B) in factors.items():
+        pa = nn.Parameter(A.clone().to(device))
+        pb = nn.Parameter(B.clone().to(device))
+        params[name] = (pa, pb)
+        for p in (pa, pb):
+            rms = float(p.detach().pow(2).mean().sqrt()) or 1e-3
+            groups.append({"params": [p], "lr": cfg.refine_lr * rms})
+    opt = torch.optim.Adam(groups)
+    norm = max(sum(dd for *_, dd in data) / len(data), 1e-12)
+    losses, steps = [], 0
+    with as_progress(progress).task(f"refining layer {layer}", cfg.refine_steps, "step") as task, \
+            factor_hooks(loaded, params):
+        for step in range(cfg.refine_steps):
+            if step >= 2 * _WINDOW and step % _WINDOW == 0:
+                last, prev = losses[-_WINDOW:], losses[-2 * _WINDOW:-_WINDOW]
+                if sum(last) > (1 - cfg.refine_min_gain) * sum(prev):
+                    break  # plateau: more steps would cost time for nothing
+            ids, mask, target, dd = data[step % len(data)]
+            with torch.enable_grad():
+                h = run_to_layer(loaded, ids, layer).float()  # [B, T, d]
+                # One normaliser for all batches: an epoch's mean loss is then exactly the global
+                # ‖h_lora − h_hook‖²/‖Δ‖² that decides whether the refinement is kept.
+                loss = ((h - target).pow(2).sum(-1) * mask).sum() / norm
+                flat = [p for pair in params.values() for p in pair]
+                grads = torch.autograd.grad(loss, flat)
+            for p, g in zip(flat, grads):
+                p.grad = g
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            steps += 1
+            task.advance(1)
+    new = {name: (pa.detach().float().cpu(), pb.detach().float().cpu()) for name, (pa, pb) in params.items()}
+    return new, steps
+
+
+def mean_kl(loaded, sequences: Sequence[list[int]], ref_ctx, test_ctx, batch_size: int = 16) -> float:
+    """Mean over all real positions of KL(ref ‖ test) between next-token distributions.
+
+    ``ref_ctx`` / ``test_ctx`` are zero-argument callables returning context managers that put the
+    model in the reference / test state (e.g. hook patch on / LoRA patch on).
+    """
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, mask, _ in right_padded(sequences, batch_size, loaded.pad_id, loaded.device):
+            with ref_ctx():
+                p = loaded.model(input_ids=ids, use_cache=False).logits.float()  # [B, T, V]
+            with test_ctx():
+                q = loaded.model(input_ids=ids, use_cache=False).logits.float()  # [B, T, V]
+            logp, logq = torch.log_softmax(p, -1), torch.log_softmax(q, -1)
+            kl = (logp.exp() * (logp - logq)).sum(-1)  # [B, T]
+            total += float((kl * mask).sum())
+            count += int(mask.sum())
+    if count == 0:
+        raise TuiwbError("no held-out text to measure the LoRA's fidelity on")
+    return max(total / count, 0.0)  # KL ≥ 0; float rounding can dip a hair below
