@@ -9,7 +9,8 @@ from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint
 from tuiwb.errors import TuiwbError
 from tuiwb.patch.config import FitConfig
 from tuiwb.patch.lora_fit import closed_form, encode_texts, fit_lora
-from tuiwb.patch.edit import gated_edit, make_edit, parse_ablate, parse_mode, parse_scale
+from tuiwb.commands._patch_flags import parse_ablate, parse_scale
+from tuiwb.patch.edit import gated_edit, make_edit, parse_mode
 from tuiwb.patch.rack import LoraRack
 from tuiwb.model.loading import load_model
 

@@ -279,13 +279,13 @@ def test_errors_are_one_line_and_actionable(tiny, saes):
     n = len(tiny.encode(PROMPT))
     with pytest.raises(TuiwbError, match=rf"position {n} is out of range.*{n} tokens"):
         build_graph(tiny, saes, 2, 0, PROMPT, pos=n)
-    with pytest.raises(TuiwbError, match="past the token embeddings: use --depth 3 or less"):
+    with pytest.raises(TuiwbError, match="past the token embeddings: use `depth=3` or less"):
         build_graph(tiny, saes, 2, 0, PROMPT, depth=4)
-    with pytest.raises(TuiwbError, match="past layer 0: use --depth 2 or less"):
+    with pytest.raises(TuiwbError, match="past layer 0: use `depth=2` or less"):
         build_graph(tiny, saes, 2, 0, None, depth=3)  # the static view has no embedding level
-    with pytest.raises(TuiwbError, match="--method"):
+    with pytest.raises(TuiwbError, match="`method`"):
         build_graph(tiny, saes, 2, 0, PROMPT, method="saliency")
-    with pytest.raises(TuiwbError, match="--pos needs a --prompt"):
+    with pytest.raises(TuiwbError, match="`pos` needs a `prompt`"):
         build_graph(tiny, saes, 2, 0, None, pos=1)
 
 
@@ -458,3 +458,15 @@ def test_cli_json_and_tree(tiny, saes, tmp_path, capsys):
     assert main([*argv, "--prompt", PROMPT]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no SAE at upstream layer 1 (SAEs exist at layers: 0, 2)" in err
+
+
+def test_cli_names_the_flags_the_library_calls_parameters(tiny, saes, tmp_path, capsys):
+    from tuiwb.cli import main
+
+    root = _save_saes(tmp_path / "saes", saes)
+    base = ["provenance", "--model", tiny.model_id, "--saes", str(root), "--layer", "2", "--feature", "5"]
+    for extra, shown in ((["--depth", "4"], "use --depth 3 or less"), (["--pos", "1"], "--pos needs a --prompt"),
+                         (["--top", "0"], "--top must be at least 1")):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert shown in err and "`" not in err and len(err.strip().splitlines()) == 1, err

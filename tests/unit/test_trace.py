@@ -191,7 +191,7 @@ def test_resume_after_interrupt_gives_the_same_rows(lm, corpus, tmp_path, monkey
     for s in man["shards"]:
         assert pq.read_metadata(out / s["file"]).num_rows == s["rows"]
     # Without --resume the directory is refused; with it only the missing windows are recomputed.
-    with pytest.raises(TuiwbError, match="already exists.*--resume"):
+    with pytest.raises(TuiwbError, match="already exists.*`resume=True`"):
         trace(cfg_for(corpus, out), progress=False, loaded=lm)
     kept = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in man["shards"]}
     calls = _interrupt_on_call(lm, monkeypatch, -1)

@@ -41,7 +41,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--search", metavar="TOKEN", help="features that fire on (or, with --by promotes, "
                    "push up the logit of) TOKEN; #ID for a token id")
     p.add_argument("--by", choices=("fires", "promotes"), default="fires", help="what --search matches")
-    p.add_argument("--density", metavar="LO:HI", help="keep features with LO <= density <= HI")
+    p.add_argument("--density", metavar="LO..HI", help="keep features with LO <= density <= HI (LO:HI also works)")
     p.add_argument("--id", dest="ids", metavar="F,F,...", help="show these feature ids")
     p.add_argument("--contrast", nargs=2, metavar=("A.txt", "B.txt"),
                    help="rank features by how much more they fire on prompts A than B (needs --model)")

@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 def _parse_patch_flags(args) -> list[tuple[int, list[int], str]]:
     """``--ablate``/``--scale`` → ``[(layer, features, mode)]``, syntax checked before any loading."""
     from tuiwb.errors import TuiwbError
-    from tuiwb.patch.edit import format_mode, parse_ablate, parse_scale
+    from tuiwb.commands._patch_flags import parse_ablate, parse_scale
+    from tuiwb.patch.edit import format_mode
 
     specs = [(*parse_ablate(s), "ablate") for s in args.ablate]
     for s in args.scale:

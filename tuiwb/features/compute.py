@@ -137,7 +137,7 @@ def compute_feature_stats(sae, store, loaded=None, progress: bool = True,
     layer = sae.layer
     if layer is None or layer not in store.layers:
         raise TuiwbError(f"the activations hold layers {store.layers} but the SAE reads layer {layer}: "
-                         "trace that layer (tuiwb trace --layers) or pick the matching SAE")
+                         "trace that layer (`tuiwb trace --layer L`) or pick the matching SAE")
     if int(store.d_model) != int(sae.W_enc.shape[0]):
         raise TuiwbError(f"the activations have d_model {store.d_model} but the SAE expects "
                          f"{sae.W_enc.shape[0]}: they come from different models")

@@ -63,7 +63,7 @@ def resolve_token(token: str, tokenizer=None, stats: FeatureStats | None = None)
         for tid, s in stats.vocab.items():
             if s == text or s.strip() == text.strip():
                 return int(tid)
-    raise TuiwbError(f"unknown token {token!r}: no tokenizer is available to look it up (pass --model), "
+    raise TuiwbError(f"unknown token {token!r}: no tokenizer is available to look it up (pass `model`), "
                      "or give its id as #ID")
 
 
@@ -95,7 +95,7 @@ def search_by_token(stats: FeatureStats, token: str | int, by: str = "fires", *,
         ids = np.nonzero(col > 0)[0]
         return _ranked(ids, col[ids])
     if not stats.has_logits:
-        raise TuiwbError("these feature stats have no logit effects: pass --model to compute them")
+        raise TuiwbError("these feature stats have no logit effects: pass `model` to compute them")
     f, slot = np.nonzero(stats.logit_ids == tid)
     vals = stats.logit_vals[f, slot]
     keep = vals > 0
@@ -116,15 +116,36 @@ def search_by_id(stats: FeatureStats, ids, key: str = "density") -> Hits:
     return Hits(ids, stats.sort_values(key)[ids].astype(np.float64))
 
 
-def parse_density_range(text: str) -> tuple[float, float]:
-    """``"1e-4:1e-2"`` → ``(1e-4, 1e-2)``; either side may be empty (``":0.01"``)."""
-    lo, sep, hi = str(text).partition(":")
+class RangeError(TuiwbError, ValueError):
+    """A malformed ``LO..HI`` range: a user error for the CLI, a ``ValueError`` for the search box."""
+
+
+def parse_range(text: str, default: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
+    """``"1e-4..1e-2"`` (or ``"1e-4:1e-2"``) → ``(1e-4, 1e-2)``; an empty side keeps its default.
+
+    The one range syntax: ``features --density`` and the feature table's ``d:`` / ``max:`` terms.
+    """
+    text = str(text)
+    sep = ".." if ".." in text else ":"
+    lo, found, hi = text.partition(sep)
+    if not found:
+        raise RangeError(f"bad range {text!r}: use LO..HI, e.g. 1e-4..1e-2 (either side may be empty)")
+    return parse_number(lo, default[0]), parse_number(hi, default[1])
+
+
+def parse_number(s: str, default: float) -> float:
+    """A range end or bound: a float, ``default`` when empty; a ``RangeError`` otherwise."""
+    if not s.strip():
+        return default
     try:
-        if not sep:
-            raise ValueError
-        return float(lo) if lo.strip() else 0.0, float(hi) if hi.strip() else 1.0
+        return float(s)
     except ValueError:
-        raise TuiwbError(f"bad density range {text!r}: use LO:HI, e.g. 1e-4:1e-2") from None
+        raise RangeError(f"not a number: {s.strip()!r} (a range is LO..HI, e.g. 1e-4..1e-2)") from None
+
+
+def parse_density_range(text: str) -> tuple[float, float]:
+    """A density range for ``features --density`` (see :func:`parse_range`)."""
+    return parse_range(text, (0.0, 1.0))
 
 
 def parse_ids(text: str) -> list[int]:

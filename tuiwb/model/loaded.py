@@ -191,7 +191,7 @@ class LoadedModel:
         if limit is not None and len(ids) > limit:
             raise TuiwbError(f"prompt is {len(ids)} tokens but the model's context is {limit}: shorten the prompt")
         if not ids:
-            raise TuiwbError("prompt is empty: give some text with --prompt")
+            raise TuiwbError("prompt is empty: give some text")
         return ids
 
     def token_str(self, token_id: int) -> str:

@@ -35,13 +35,13 @@ def load_model(
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if quant is not None and quant not in QUANT_CHOICES:
-        raise TuiwbError(f"--quant must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
+        raise TuiwbError(f"`quant` must be one of {', '.join(QUANT_CHOICES)}, not {quant!r}")
     if dtype is not None and dtype not in DTYPES:
-        raise TuiwbError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+        raise TuiwbError(f"`dtype` must be one of {', '.join(DTYPES)}, not {dtype!r}")
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise TuiwbError(f"{spec} has no config.json: point --model at a Hugging Face checkpoint directory")
+            raise TuiwbError(f"{spec} has no config.json: point `model` at a Hugging Face checkpoint directory")
         spec = str(path)
     elif _looks_like_path(spec):
         raise TuiwbError(f"model path {spec} does not exist: check the path or give a Hugging Face hub id")
@@ -73,7 +73,7 @@ def load_model(
                              "tuiwb needs a decoder-only *ForCausalLM checkpoint") from e
         raise
     except ImportError as e:
-        raise TuiwbError(f"cannot load {spec} with --quant {quant}: {str(e).splitlines()[0]}") from e
+        raise TuiwbError(f"cannot load {spec} with `quant={quant}`: {str(e).splitlines()[0]}") from e
     if quant is None:
         model = model.to(device)
     model.eval()

@@ -182,27 +182,6 @@ class Patch:
                 "source": self.source}
 
 
-_ABLATE_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*$")
-_SCALE_SPEC_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*=\s*(\S+)\s*$")
-
-
-def parse_ablate(spec: str) -> tuple[int, list[int]]:
-    """``"L:F[,F...]"`` → ``(L, [F, ...])`` (the ``--ablate`` flag)."""
-    m = _ABLATE_RE.match(spec or "")
-    if not m:
-        raise TuiwbError(f"bad --ablate {spec!r}: expected LAYER:FEATURE[,FEATURE...], e.g. 2:17,40")
-    return int(m.group(1)), [int(f) for f in m.group(2).split(",")]
-
-
-def parse_scale(spec: str) -> tuple[int, list[int], float]:
-    """``"L:F[,F...]=ALPHA"`` → ``(L, [F, ...], ALPHA)`` (the ``--scale`` flag)."""
-    m = _SCALE_SPEC_RE.match(spec or "")
-    if not m:
-        raise TuiwbError(f"bad --scale {spec!r}: expected LAYER:FEATURE[,FEATURE...]=ALPHA, e.g. 2:17=0.5")
-    alpha = parse_mode(f"scale={m.group(3)}")
-    return int(m.group(1)), [int(f) for f in m.group(2).split(",")], alpha
-
-
 def layer_delta(edits: Iterable[FeatureEdit], h: torch.Tensor) -> torch.Tensor:
     """Sum of several edits' deltas, all gated on the same (unedited) ``h``: ``[..., d_model]``.
 

@@ -103,7 +103,7 @@ def read_patch(path: str | Path) -> StoredPatch:
 
     p = Path(path)
     if not p.is_dir():
-        raise TuiwbError(f"LoRA patch {p} does not exist: point --lora at a lora/NAME directory")
+        raise TuiwbError(f"LoRA patch {p} does not exist: point `lora` at a lora/NAME directory")
     for f in (MANIFEST, ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not (p / f).is_file():
             raise TuiwbError(f"{p} has no {f}: is it a tuiwb LoRA patch (made by `tuiwb patch build`)?")
@@ -160,7 +160,7 @@ def export_merged(out: str | Path, loaded, patches: list[tuple[dict, LoraFactors
     is exactly the sum PEFT computes when both adapters are active.
     """
     if not patches:
-        raise TuiwbError("nothing to export: give at least one --lora")
+        raise TuiwbError("nothing to export: give at least one `lora` patch")
     merged: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for _meta, factors in patches:
         for name, (A, B) in factors.modules.items():

@@ -223,7 +223,7 @@ def fit_lora(loaded, edit: FeatureEdit, sequences: Sequence[list[int]], cfg: Fit
     G, C, yy, n, d_attn, energy = record_stats(loaded, edit, sequences, cfg, progress)
     if yy <= 0:
         raise TuiwbError(f"features {list(edit.features)} never fire at layer {layer} on the fitting text: "
-                         "nothing to imitate; give text where they fire with --data")
+                         "nothing to imitate; give text where they fire with `data`")
     A_full, B, r2 = closed_form(G, C, yy, cfg.rank, cfg.ridge)
     factors = {
         names["attn_out"]: (A_full[:, :d_attn].cpu(), B.cpu()),

@@ -158,7 +158,7 @@ def _check_sae(saes: Mapping[int, object], layer: int, role: str) -> None:
     if layer not in saes:
         have = ", ".join(str(k) for k in sorted(saes)) or "none"
         raise TuiwbError(f"no SAE at {role} layer {layer} (SAEs exist at layers: {have}): train one for "
-                         f"layer {layer} or pick another --layer/--depth")
+                         f"layer {layer} or pick another `layer` or `depth`")
 
 
 def check_request(n_layers: int, saes: Mapping[int, object], layer: int, feature: int, depth: int, top: int,
@@ -168,23 +168,23 @@ def check_request(n_layers: int, saes: Mapping[int, object], layer: int, feature
     if not 0 <= layer < n_layers:
         raise TuiwbError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
     if depth < 1:
-        raise TuiwbError("--depth must be at least 1")
+        raise TuiwbError("`depth` must be at least 1")
     if top < 1:
-        raise TuiwbError("--top must be at least 1")
+        raise TuiwbError("`top` must be at least 1")
     if not threshold >= 0:
-        raise TuiwbError("--threshold must be a number ≥ 0")
+        raise TuiwbError("`threshold` must be a number ≥ 0")
     if method not in METHODS:
-        raise TuiwbError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise TuiwbError(f"`method` must be one of {', '.join(METHODS)}, not {method!r}")
     if steps < 1:
-        raise TuiwbError("--steps must be at least 1")
+        raise TuiwbError("`steps` must be at least 1")
     _check_sae(saes, layer, "the target")
     lowest = -1 if embeddings else 0
     if layer - depth < lowest:
         most = layer - lowest
         where = "the token embeddings" if embeddings else "layer 0"
-        raise TuiwbError(f"depth {depth} from layer {layer} goes past {where}: use --depth {most} or less"
-                         if most else "layer 0 has no SAE layer upstream of it: give a --prompt to attribute "
-                         "to the token embeddings, or pick a later --layer")
+        raise TuiwbError(f"depth {depth} from layer {layer} goes past {where}: use `depth={most}` or less"
+                         if most else "layer 0 has no SAE layer upstream of it: give a `prompt` to attribute "
+                         "to the token embeddings, or pick a later `layer`")
     for up in range(layer - 1, max(layer - depth, 0) - 1, -1):
         _check_sae(saes, up, "upstream")
     d_sae = int(saes[layer].W_dec.shape[0])
@@ -256,7 +256,7 @@ def build_graph(loaded, saes: Mapping[int, object], layer: int, feature: int, pr
     """
     if prompt is None and ids is None:
         if pos is not None:
-            raise TuiwbError("--pos needs a --prompt (the static view has no positions)")
+            raise TuiwbError("`pos` needs a `prompt` (the static view has no positions)")
         return static_graph(saes, layer, feature, depth=depth, top=top, threshold=threshold, stats=stats,
                             n_layers=loaded.n_layers)
     check_request(loaded.n_layers, saes, layer, feature, depth, top, threshold, method, steps)

@@ -34,7 +34,7 @@ def check_layer(store, layer: int) -> None:
     if layer not in store.layers:
         have = ", ".join(map(str, store.layers))
         raise TuiwbError(f"layer {layer} is not in {getattr(store, 'path', 'the activations')} "
-                         f"(recorded layers: {have}): trace it first or pick another --layer")
+                         f"(recorded layers: {have}): trace it first or pick another `layer`")
 
 
 def check_finite(x: torch.Tensor, layer: int) -> None:
@@ -132,7 +132,7 @@ class ActivationStream(IterableDataset):
                     return
             if not got_any:
                 raise TuiwbError(f"no training rows for layer {self.layer}: the activations are empty or "
-                                 "every document went to the held-out split (lower --val-fraction)")
+                                 "every document went to the held-out split (lower `val_fraction`)")
             epoch += 1
 
 

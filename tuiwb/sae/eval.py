@@ -81,13 +81,13 @@ def default_val_fraction(sae: SAE) -> float:
 
 def _rows(store, split: str, val_fraction: float, max_tokens: int | None, seed: int = 0) -> np.ndarray:
     if split not in ("heldout", "train", "all"):
-        raise TuiwbError(f"--split must be heldout, train or all, not {split!r}")
+        raise TuiwbError(f"`split` must be heldout, train or all, not {split!r}")
     rows = np.asarray(store.row_indices(split, val_fraction=val_fraction), dtype=np.int64)
     if max_tokens is not None and len(rows) > max_tokens:
         rows = np.sort(np.random.default_rng(seed).choice(rows, size=max_tokens, replace=False))
     if len(rows) == 0:
         raise TuiwbError(f"the {split!r} split has no tokens (val_fraction={val_fraction}): "
-                         "use --split all, or trace more documents")
+                         "use `split=all`, or trace more documents")
     return rows
 
 
@@ -109,7 +109,7 @@ def evaluate(store, sae: SAE, split: str = "heldout", loaded=None, *, val_fracti
              max_tokens: int | None = None, ablation: str = "zero", window_batch: int = 16) -> EvalResult:
     """Evaluate ``sae`` on ``split`` of ``store``; with ``loaded`` (a ``LoadedModel``) also CE/KL."""
     if ablation not in ABLATIONS:
-        raise TuiwbError(f"--ablation must be zero or mean, not {ablation!r}")
+        raise TuiwbError(f"`ablation` must be zero or mean, not {ablation!r}")
     layer = check_sae_fits(sae, store=store)
     vf = default_val_fraction(sae) if val_fraction is None else float(val_fraction)
     rows = _rows(store, split, vf, max_tokens)

@@ -124,11 +124,11 @@ def resolve_layers(store, layers) -> list[int]:
         try:
             layer = int(x)
         except (TypeError, ValueError):
-            raise TuiwbError(f"--layer {x!r} is not a layer index: give an integer or 'all'") from None
+            raise TuiwbError(f"`layer` {x!r} is not a layer index: give an integer or 'all'") from None
         check_layer(store, layer)
         out.append(layer)
     if not out:
-        raise TuiwbError("no layers to train: pass --layer N (or --layer all)")
+        raise TuiwbError("no layers to train: pass `layer` (N, several, or all)")
     return sorted(set(out))
 
 
@@ -170,7 +170,7 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
     init = sample_rows(store, layer, split, cfg.init_tokens, val_fraction=cfg.val_fraction, seed=cfg.seed)
     if len(init) == 0:
         raise TuiwbError(f"no training rows for layer {layer} in {acts_path}: trace more text "
-                         "or lower --val-fraction")
+                         "or lower `val_fraction`")
     scale = norm_scaling_factor(init)
     pl.seed_everything(cfg.seed, verbose=False)
     sae = SAE(SAEConfig(d_in=d, d_sae=cfg.d_sae_for(d), architecture=cfg.arch,
@@ -222,7 +222,7 @@ def find_lr(trainer: pl.Trainer, module: SAETrainModule, dm, cfg: TrainConfig) -
     lr = finder.suggestion() if finder is not None else None
     if lr is None or not math.isfinite(lr) or lr <= 0:
         raise TuiwbError("the LR finder found no usable learning rate (the loss never fell): "
-                         "pass --lr with a number, e.g. --lr 4e-3")
+                         "pass `lr` with a number, e.g. `lr=4e-3`")
     return float(min(max(lr, LR_FIND_RANGE[0]), LR_FIND_RANGE[1]))
 
 
@@ -267,7 +267,7 @@ def _make_trainer(cfg: TrainConfig, steps: int, layer: int, out: Path, tmp: str,
         try:
             import wandb  # noqa: F401 — only ever imported when asked for
         except ImportError:
-            raise TuiwbError("--wandb needs the wandb package: pip install wandb") from None
+            raise TuiwbError("`wandb` needs the wandb package: pip install wandb") from None
         from pytorch_lightning.loggers import WandbLogger
 
         loggers.append(WandbLogger(project=cfg.wandb_project, name=f"layer_{layer}", save_dir=str(log_dir)))

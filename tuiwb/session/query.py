@@ -3,7 +3,8 @@
 A query is space-separated terms, all of which must hold:
 
 * ``#12`` or ``12`` — feature id 12 (several ids: any of them);
-* ``d:0.01..0.1`` / ``d>0.01`` / ``d<0.1`` — density range (fraction of tokens the feature fires on);
+* ``d:0.01..0.1`` / ``d>0.01`` / ``d<0.1`` — density range (fraction of tokens the feature fires on;
+  the range syntax of ``tuiwb features --density``, :func:`tuiwb.features.search.parse_range`);
 * ``max>2`` / ``max<1`` — max activation bound;
 * any other word — a substring of the feature's top tokens (case-insensitive).
 """
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tuiwb.features.search import parse_number, parse_range
 from tuiwb.session.views import FeatureRows
 
-_RANGE = re.compile(r"^(d|density|max):([-+0-9.e]*)\.\.([-+0-9.e]*)$")
+_RANGE = re.compile(r"^(d|density|max):(.*\.\..*)$")
 _BOUND = re.compile(r"^(d|density|max)([<>])=?([-+0-9.e]+)$")
 _ID = re.compile(r"^#?(\d+)$")
 
@@ -45,15 +47,6 @@ class FeatureQuery:
         return self == FeatureQuery()
 
 
-def _num(s: str, default: float) -> float:
-    if s == "":
-        return default
-    try:
-        return float(s)
-    except ValueError:
-        raise ValueError(f"not a number: {s!r}") from None
-
-
 def parse_query(text: str) -> FeatureQuery:
     """Parse the search bar's text; raises ``ValueError`` with a readable message on a bad term."""
     ids: set[int] = set()
@@ -66,13 +59,13 @@ def parse_query(text: str) -> FeatureQuery:
             ids.add(int(m.group(1)))
         elif m := _RANGE.match(low):
             target = mx if m.group(1) == "max" else dens
-            target[0], target[1] = _num(m.group(2), -np.inf), _num(m.group(3), np.inf)
+            target[0], target[1] = parse_range(m.group(2), (-np.inf, np.inf))
         elif m := _BOUND.match(low):
             target = mx if m.group(1) == "max" else dens
             if m.group(2) == ">":
-                target[0] = _num(m.group(3), -np.inf)
+                target[0] = parse_number(m.group(3), -np.inf)
             else:
-                target[1] = _num(m.group(3), np.inf)
+                target[1] = parse_number(m.group(3), np.inf)
         else:
             words.append(low)
     return FeatureQuery(ids=frozenset(ids), density=(dens[0], dens[1]), max_act=(mx[0], mx[1]),

@@ -88,7 +88,7 @@ class Session:
             from tuiwb.sae.io import load_saes
 
             if not Path(saes_dir).is_dir():
-                raise TuiwbError(f"SAE directory {saes_dir} does not exist: point --saes at a saes/ directory")
+                raise TuiwbError(f"SAE directory {saes_dir} does not exist: point `saes_dir` at a saes/ directory")
             saes = load_saes(saes_dir, device=device)
         if isinstance(acts, (str, Path)):
             from tuiwb.trace.store import ActivationStore
@@ -109,7 +109,7 @@ class Session:
         """The SAE at ``layer``; a clear error naming the layers that have one."""
         if layer not in self.saes:
             have = ", ".join(str(k) for k in sorted(self.saes)) or "none"
-            raise TuiwbError(f"no SAE attached at layer {layer} (SAEs at layers: {have}): pass --saes with a "
+            raise TuiwbError(f"no SAE attached at layer {layer} (SAEs at layers: {have}): attach (`saes`) a "
                              f"saes/layer_{layer}/ directory")
         return self.saes[layer]
 
@@ -382,7 +382,7 @@ class Session:
         f = model_dir / ("train.txt" if split == "train" else "heldout.txt")
         if f.is_file():
             return encode_texts(self.loaded, read_lines(f), max_tokens=max_tokens), str(f)
-        raise TuiwbError("no text to fit the LoRA on: pass --data FILE (one document per line) or an "
+        raise TuiwbError("no text to fit the LoRA on: pass `data` (a text file, one document per line) or an "
                          "activation store")
 
     def build_lora(self, name: str, rank: int | None = None, data=None, fit: FitConfig | None = None,

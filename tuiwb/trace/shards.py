@@ -123,7 +123,7 @@ def check_compatible(man: dict, header: dict, out: Path) -> None:
             a, b = _data_key(a or []), _data_key(b or [])
         if a != b:
             raise TuiwbError(f"{out} was traced with a different {key} ({_short(man.get(key))} there, "
-                             f"{_short(header.get(key))} now): use the same settings, or --overwrite")
+                             f"{_short(header.get(key))} now): use the same settings, or `overwrite=True`")
 
 
 def _short(v) -> str:

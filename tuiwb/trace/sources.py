@@ -50,7 +50,7 @@ class DataSource:
 def open_sources(specs: list[str] | tuple[str, ...], text_field: str = "text") -> list[DataSource]:
     """Check every input is readable and non-empty, count its lines; one-line errors otherwise."""
     if not specs:
-        raise TuiwbError("no input data: pass --data FILE (.txt, .jsonl or .parquet)")
+        raise TuiwbError("no input data: pass `data` (.txt, .jsonl or .parquet files)")
     sources = [_open_one(str(s), text_field) for s in specs]
     if not any(s.has_text for s in sources):
         raise TuiwbError(f"the input data is empty: {', '.join(s.spec for s in sources)} holds no text")
@@ -62,7 +62,7 @@ def _open_one(spec: str, text_field: str) -> DataSource:
         return _open_hub(spec, text_field)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise TuiwbError(f"data file {spec} does not exist: check the --data path")
+        raise TuiwbError(f"data file {spec} does not exist: check the `data` path")
     if not path.is_file():
         raise TuiwbError(f"data path {spec} is not a file: pass .txt, .jsonl or .parquet files")
     suffix = path.suffix.lower()
@@ -120,7 +120,7 @@ def _jsonl_text(spec: str, i: int, line: str, text_field: str) -> str:
     if not isinstance(obj, dict) or text_field not in obj:
         keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
         raise TuiwbError(f"{spec} line {i + 1} has no {text_field!r} field (has: {keys}): "
-                         "pass --text-field NAME")
+                         "pass `text_field=NAME`")
     text = obj[text_field]
     if not isinstance(text, str):
         raise TuiwbError(f"{spec} line {i + 1}: field {text_field!r} is {type(text).__name__}, not text")
@@ -145,7 +145,7 @@ def _open_parquet(spec: str, path: Path, size: int, text_field: str) -> DataSour
         column = strings[0]  # the only text column: no need to make the user name it
     else:
         raise TuiwbError(f"{spec} has no {text_field!r} column (text columns: {', '.join(strings) or 'none'}): "
-                         "pass --text-field NAME")
+                         "pass `text_field=NAME`")
     return DataSource(spec, "parquet", meta.metadata.num_rows, size, column, meta.metadata.num_rows > 0)
 
 

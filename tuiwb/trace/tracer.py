@@ -75,7 +75,7 @@ def trace(cfg: TraceConfig, progress: bool = True, loaded=None) -> dict:
     _preflight(out, cfg)
     if loaded is None:
         if not cfg.model:
-            raise TuiwbError("no model: pass --model PATH_OR_HUB_ID")
+            raise TuiwbError("no model: pass `model` (a checkpoint directory or hub id)")
         from tuiwb.model.loading import load_model
 
         loaded = load_model(cfg.model, quant=cfg.quant, device=cfg.device, dtype=cfg.model_dtype,
@@ -88,15 +88,15 @@ def trace(cfg: TraceConfig, progress: bool = True, loaded=None) -> dict:
 def _preflight(out: Path, cfg: TraceConfig) -> None:
     """Refuse an existing --out before spending time on the model."""
     if out.exists() and not out.is_dir():
-        raise TuiwbError(f"--out {out} exists and is not a directory: choose another name")
+        raise TuiwbError(f"`out` {out} exists and is not a directory: choose another name")
     if not out.exists() or not any(out.iterdir()):
         return
     is_trace = (out / fmt.MANIFEST).is_file() or all(fmt.is_shard_file(p.name) for p in out.iterdir())
     if not is_trace:
-        raise TuiwbError(f"--out {out} exists and is not a tuiwb activation directory: choose another name")
+        raise TuiwbError(f"`out` {out} exists and is not a tuiwb activation directory: choose another name")
     if cfg.resume or cfg.overwrite or cfg.shard[1] > 1:
         return  # a parallel slice may join a directory another slice created (checked after loading)
-    raise TuiwbError(f"--out {out} already exists: pass --resume to continue it or --overwrite to replace it")
+    raise TuiwbError(f"`out` {out} already exists: pass `resume=True` to continue it or `overwrite=True` to replace it")
 
 
 @dataclass
@@ -115,8 +115,8 @@ class _Plan:
 
         layers = resolve_layers(cfg.layers, loaded.n_layers)
         if loaded.max_positions is not None and cfg.seq_len > loaded.max_positions:
-            raise TuiwbError(f"--seq-len {cfg.seq_len} exceeds the model's context of {loaded.max_positions}: "
-                             "use a smaller --seq-len")
+            raise TuiwbError(f"`seq_len` {cfg.seq_len} exceeds the model's context of {loaded.max_positions}: "
+                             "use a smaller `seq_len`")
         tok = loaded.tokenizer
         bos_id = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         itemsize = np.dtype(cfg.store_dtype).itemsize
@@ -170,8 +170,8 @@ class _Job:
         if self.cfg.overwrite:
             return set()  # this slice's shards are dropped at the first write
         if mine and not self.cfg.resume:
-            raise TuiwbError(f"--out {self.out} already holds shards of slice {self.slice_i}/{self.slice_n}: "
-                             "pass --resume to continue or --overwrite to replace them")
+            raise TuiwbError(f"`out` {self.out} already holds shards of slice {self.slice_i}/{self.slice_n}: "
+                             "pass `resume=True` to continue or `overwrite=True` to replace them")
         return mine
 
     def _claim(self) -> None:
@@ -227,12 +227,12 @@ class _Job:
                     self._step(batch, hooks, pipe, bar)
                 pipe.close()
             if n_windows == 0 and counter.n_docs == 0:
-                raise TuiwbError("the input data holds no text (every document is blank): check --data "
-                                 "and --text-field")
+                raise TuiwbError("the input data holds no text (every document is blank): check `data` "
+                                 "and `text_field`")
             if n_windows == 0:
                 raise TuiwbError(f"no tokens after packing: the data holds {counter.n_tokens} tokens in "
-                                 f"{counter.n_docs} documents, less than one window of --seq-len {cfg.seq_len}: "
-                                 "give more text or a smaller --seq-len")
+                                 f"{counter.n_docs} documents, less than one window of `seq_len` {cfg.seq_len}: "
+                                 "give more text or a smaller `seq_len`")
             self._claim()
             return fmt.update_manifest(self.out, plan.header, lambda m: fmt.set_total(m, n_windows))
         except BaseException as e:
