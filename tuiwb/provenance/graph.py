@@ -135,10 +135,6 @@ class ProvenanceGraph:
         kids = [(e, by_id[e.source]) for e in self.edges if e.target == node_id]
         return sorted(kids, key=lambda en: (en[1].kind == "error", -abs(en[0].weight)))
 
-    def expandable(self, node: Node) -> bool:
-        """Whether ``node`` is explained further upstream (features are; errors and embeddings are leaves)."""
-        return node.kind == "feature"
-
     def to_json(self) -> dict:
         meta = {"method": self.method, "prompt": self.prompt, "tokens": list(self.tokens), "depth": self.depth,
                 "top": self.top, "threshold": self.threshold, "notes": list(self.notes)}
