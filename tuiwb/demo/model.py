@@ -179,19 +179,13 @@ def next_token_probs(model, tokenizer, prompts: list[str], token: str, batch_siz
     """P(``token`` next | ``<bos>`` + prompt) for each prompt, at the prompt's last position."""
     import torch
 
-    target = tokenizer.convert_tokens_to_ids(token)
-    out: list[float] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = [[tokenizer.bos_token_id, *ids] for ids in
-               tokenizer(prompts[i: i + batch_size], add_special_tokens=False)["input_ids"]]
-        width = max(map(len, enc))
-        # Right padding is harmless under a causal mask: we read each row at its own last real position.
-        ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in enc])  # [b, width]
-        last = torch.tensor([len(e) - 1 for e in enc])  # [b]
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[torch.arange(len(enc)), last]  # [b, vocab]
-        out += logits.float().softmax(-1)[:, target].tolist()
-    return out
+    from tuiwb.model.arch import resolve_arch
+    from tuiwb.model.loaded import LoadedModel
+    from tuiwb.model.logits import last_logits
+
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, model_id="<demo build>", arch=resolve_arch(model.config))
+    logits = last_logits(loaded, [loaded.encode(p) for p in prompts], batch_size)  # [n, vocab]
+    return torch.softmax(logits, -1)[:, tokenizer.convert_tokens_to_ids(token)].tolist()
 
 
 def heldout_loss(model, tokenizer, docs: list[str], window: int) -> float:

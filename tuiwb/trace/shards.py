@@ -9,7 +9,6 @@ atomic replace, so a reader never sees a half-written manifest.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
@@ -22,6 +21,7 @@ import numpy as np
 
 from tuiwb.atomic import write_text
 from tuiwb.errors import TuiwbError
+from tuiwb.locks import path_lock
 from tuiwb.model.hooks import hook_name
 
 FORMAT = "tuiwb.activations"
@@ -90,25 +90,13 @@ def write_manifest(out: Path, man: dict) -> None:
     write_text(out / MANIFEST, f'{head},\n "shards": [\n  {rows}\n ]\n}}\n')
 
 
-@contextlib.contextmanager
 def dir_lock(out: Path):
-    """Exclusive lock for manifest read-modify-write: ``flock`` on ``out``'s parent directory.
+    """Exclusive lock for manifest read-modify-write, held on ``out``'s parent directory.
 
     The parent (not ``out``) so that creating or replacing ``out`` itself is covered too, and no
-    lock file is left behind. Without ``fcntl`` (Windows) it is a no-op: run one slice at a time there.
+    lock file is left behind.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    fd = os.open(Path(out).parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return path_lock(Path(out).parent)
 
 
 def _data_key(data: list[dict]) -> list:
