@@ -78,3 +78,26 @@ def publish_dir(tmp: Path, out: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def check_writable(path: str | Path, what: str = "output") -> Path:
+    """Fail now, not after hours of work, when ``path`` cannot be created or written.
+
+    Probes the nearest existing ancestor by creating (and removing) a temporary file in it: that
+    catches missing permissions, read-only mounts and pseudo file systems (``/proc``) alike.
+    """
+    from tuiwb.errors import TuiwbError
+
+    path = Path(path).expanduser()
+    probe = path if path.is_dir() else path.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TuiwbError(f"{what} {path} cannot be created: {probe} is a file, not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".tuiwb-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise TuiwbError(f"{what} {path} is not writable ({e.strerror or e}): pick a path you can write to") from e
+    return path

@@ -12,9 +12,10 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from tuiwb import __version__
-from tuiwb.errors import TuiwbError, render_for_cli
+from tuiwb.errors import TuiwbError, TuiwbWarning, render_for_cli, user_message
 
 # Order here is the order in `tuiwb --help`.
 COMMANDS = [
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # Our own rich progress bars report long work; the libraries' tqdm bars and info logs are noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("WANDB_MODE", "disabled")
+    warnings.showwarning = _show_warning
     if "transformers" in sys.modules:  # already imported (in-process callers): env vars came too late
         from transformers.utils import logging as hf_logging
 
@@ -88,18 +89,51 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         # library messages name parameters (`seq_len`); the user typed flags (--seq-len)
-        print(f"tuiwb: error: {render_for_cli(str(e), getattr(args, '_flags', None))}", file=sys.stderr)
+        print(f"tuiwb: error: {_line(str(e), e, args)}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("tuiwb: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"tuiwb: {_line('interrupted', e, args)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `tuiwb features ... | head -1`: the reader left; stop quietly like cat does
+        _silence_stdout()
+        return 0
     except Exception as e:  # noqa: BLE001 — the last line of defence for a CLI
         if debug:
             raise
+        fixable = user_message(e)
+        if fixable is not None:
+            print(f"tuiwb: error: {_line(fixable, e, args)}", file=sys.stderr)
+            return TuiwbError.exit_code
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"tuiwb: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _line(message: str, e: BaseException, args) -> str:
+    """One line: the message and what the library added about the aftermath (``add_note``), as flags."""
+    notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))
+    return render_for_cli(message + notes, getattr(args, "_flags", None))
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """``tuiwb: warning: …`` for our warnings; everything else as Python shows it."""
+    if issubclass(category, TuiwbWarning):
+        print(f"tuiwb: warning: {render_for_cli(str(message))}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 if __name__ == "__main__":

@@ -50,3 +50,47 @@ def render_for_cli(message: str, flags: dict[str, str] | None = None) -> str:
 def render_plain(message: str) -> str:
     """Backticked parameters as their Python spelling (TUI notifications, server ``detail``)."""
     return _PARAM.sub(lambda m: m.group(0)[1:-1], message)
+
+
+class TuiwbWarning(UserWarning):
+    """Something the user should know that does not stop the work (the CLI prints one line)."""
+
+
+def warn(message: str) -> None:
+    """Issue a :class:`TuiwbWarning` (the CLI shows ``tuiwb: warning: …``; tests can catch it)."""
+    import warnings
+
+    warnings.warn(message, TuiwbWarning, stacklevel=2)
+
+
+def user_message(e: BaseException) -> str | None:
+    """A one-line, actionable message for a library exception whose cause the user can fix: a full
+    disk, a path that cannot be written, a corrupt file, a device that does not exist. None for bugs.
+
+    The CLI's error boundary asks this once, so no command needs its own try/except per cause.
+    """
+    import errno
+
+    first = (str(e).strip().splitlines() or [""])[0]
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f" {e.filename}" if e.filename else ""
+        fixes = {
+            errno.ENOSPC: f"no space left on the device{where}: free some space or write elsewhere, then rerun",
+            errno.EDQUOT: f"disk quota exceeded{where}: free some space or write elsewhere, then rerun",
+            errno.EACCES: f"permission denied{where}: pick a path you can write to (or fix its permissions)",
+            errno.EPERM: f"operation not permitted{where}: pick a path you own",
+            errno.EROFS: f"read-only file system{where}: pick a writable output path",
+            errno.ENOENT: f"no such file or directory{where}: check the path",
+            errno.ENOTDIR: f"not a directory{where}: a parent of the path is a file; pick another path",
+            errno.EISDIR: f"is a directory{where}: give a file path",
+            errno.ENAMETOOLONG: f"file name too long{where}: pick a shorter path",
+        }
+        if e.errno in fixes:
+            return fixes[e.errno]
+    if type(e).__name__ in ("ArrowInvalid", "ArrowIOError", "ArrowException", "SafetensorError"):
+        return f"a data file is corrupt or truncated ({first}): re-create it (re-trace, or retrain the SAE)"
+    if isinstance(e, RuntimeError) and ("CUDA" in first or "device" in first.lower()) and (
+            "not compiled" in first or "Expected one of" in first or "no CUDA GPUs" in first
+            or "Invalid device" in first or "invalid device" in first):
+        return f"the torch device is not available here ({first}): pass another `device`, e.g. cpu"
+    return None

@@ -281,8 +281,8 @@ def test_errors_exit_2_and_leave_nothing(ckpt, corpus, tmp_path, capsys, case):
     elif case == "short":
         (tmp_path / "s.txt").write_text("the cat\nruns\n")
         data = str(tmp_path / "s.txt")
-    elif case == "badjson":  # found only while streaming, after shards were written
-        lines = corpus.read_text().splitlines()
+    elif case == "badjson":  # found only while streaming, after shards were written (docs stream 256 at a time)
+        lines = corpus.read_text().splitlines() * 4
         (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines) + "{oops\n")
         data = str(tmp_path / "b.jsonl")
     elif case == "field":
@@ -300,10 +300,15 @@ def test_errors_exit_2_and_leave_nothing(ckpt, corpus, tmp_path, capsys, case):
                    "--seq-len", str(SEQ), "--windows-per-shard", "2"], capsys)
     assert rc == 2 and err.count("\n") == 0 and err.startswith("tuiwb: error:")
     expect = {"layer": r"layers 0\.\.2", "missing": "does not exist", "empty": "empty", "short": "no tokens after packing",
-              "badjson": "line 121 is not valid JSON", "field": "--text-field", "shard": "I/N", "suffix": "unsupported",
+              "badjson": "line 481 is not valid JSON", "field": "--text-field", "shard": "I/N", "suffix": "unsupported",
               "binary": "not UTF-8"}
     assert __import__("re").search(expect[case], err), err
-    assert not out.exists()
+    if case == "badjson":  # found after whole shards were written: they stay, listed, for --resume
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["shards"] and not man["complete"] and "--resume" in err
+        assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + sorted(s["file"] for s in man["shards"])
+    else:
+        assert not out.exists()
 
 
 def test_existing_out_is_refused_and_left_alone(ckpt, corpus, tmp_path, capsys):

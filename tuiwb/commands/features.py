@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from tuiwb.features.search import filter_density, parse_density_range, parse_ids, search_by_id, search_by_token
     from tuiwb.features.stats import StatsConfig
     from tuiwb.features.cache import load_or_compute
+    from tuiwb.sae.compat import check_sae_fits
     from tuiwb.sae.io import load_sae
     from tuiwb.trace.store import ActivationStore
 
@@ -72,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
         raise TuiwbError("--target needs --contrast A.txt B.txt: it ranks features by their effect on set A")
     if args.contrast and not args.model:
         raise TuiwbError("--contrast needs --model: the prompts are run through the model")
-    sae = load_sae(args.sae, device=args.device)
+    sae = load_sae(args.sae)  # a bad SAE fails before the model loads
     store = ActivationStore(args.acts)
     loaded = load_model_from_args(args) if args.model else None
-    if loaded is not None and getattr(sae.cfg, "model_config_hash", None) not in (None, loaded.config_hash):
-        raise TuiwbError(f"the SAE in {args.sae} was trained on another model than {args.model}")
+    if loaded is not None:
+        check_sae_fits(sae, loaded=loaded)
+        sae.to(loaded.device)
     cfg = StatsConfig(max_tokens=args.max_tokens)
     stats = load_or_compute(args.sae, store, loaded, sae=sae, cfg=cfg, progress=True, refresh=args.no_cache)
 

@@ -99,7 +99,8 @@ def _open_session(args, specs):
     from tuiwb.session.session import Session
 
     session = Session.open(args.model, saes_dir=args.saes, lora_dirs=args.lora, quant=args.quant,
-                           device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+                           device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                           allow_pickle=args.allow_pickle)
     for i, (layer, feats, mode) in enumerate(specs):
         session.add_patch(name=f"cli{i}", layer=layer, features=feats, mode=mode, method="hook")
     return session

@@ -100,7 +100,7 @@ def run_build(args: argparse.Namespace) -> int:
     from tuiwb.sae.io import load_sae
 
     loaded = load_model_from_args(args)
-    sae = load_sae(args.sae, device=args.device)
+    sae = load_sae(args.sae, device=loaded.device)
     acts = None
     if args.acts:
         from tuiwb.trace.store import ActivationStore
@@ -138,7 +138,8 @@ def run_export(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise TuiwbError(f"{out} already exists: choose another --out or pass --force")
     session = Session.open(args.model, lora_dirs=args.lora, quant=args.quant, device=args.device,
-                           dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+                           dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                           allow_pickle=args.allow_pickle)
     names = [p.name for p in session.patches]
     path = session.export(names, out, overwrite=args.force)
     print(f"wrote {path}: {len(names)} patch(es) merged into one PEFT adapter ({', '.join(names)})")

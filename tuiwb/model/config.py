@@ -22,3 +22,5 @@ class ModelConfig:
     """Weight dtype (default: the checkpoint's)."""
     trust_remote_code: bool = False
     """Allow the checkpoint's own Python code to run (off by default)."""
+    allow_pickle: bool = False
+    """Allow pickle weights (pytorch_model.bin), which can run arbitrary code when loaded (off by default)."""

@@ -76,20 +76,20 @@ class Session:
     @classmethod
     def open(cls, model, saes_dir=None, acts=None, lora_dirs: Sequence = (), quant: str | None = None,
              device: str = DEFAULT_DEVICE, dtype: str | None = None, trust_remote_code: bool = False,
-             data: str | Path | None = None) -> "Session":
+             data: str | Path | None = None, allow_pickle: bool = False) -> "Session":
         """Load ``model`` (path or hub id), the SAEs under ``saes_dir``, an activation store and
         existing ``lora/NAME`` patches (enabled). Mismatched SAEs or patches are refused."""
         from tuiwb.model.loading import load_model
 
         loaded = load_model(str(model), quant=quant, device=device, dtype=dtype,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         saes = None
         if saes_dir is not None:
             from tuiwb.sae.io import load_saes
 
             if not Path(saes_dir).is_dir():
                 raise TuiwbError(f"SAE directory {saes_dir} does not exist: point `saes_dir` at a saes/ directory")
-            saes = load_saes(saes_dir, device=device)
+            saes = load_saes(saes_dir, device=loaded.device)
         if isinstance(acts, (str, Path)):
             from tuiwb.trace.store import ActivationStore
 

@@ -42,6 +42,8 @@ class TraceConfig:
     """Torch device for the forward passes, e.g. cpu, cuda, cuda:1."""
     trust_remote_code: bool = False
     """Allow the checkpoint's own Python code to run (off by default)."""
+    allow_pickle: bool = False
+    """Allow pickle weights (pytorch_model.bin), which can run arbitrary code when loaded (off by default)."""
     text_field: str = "text"
     """The JSON field of .jsonl input / the column of .parquet input holding the text."""
     resume: bool = False

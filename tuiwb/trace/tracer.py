@@ -39,7 +39,9 @@ from tuiwb.trace import shards as fmt
 from tuiwb.trace.sources import open_sources, iter_documents
 from tuiwb.trace.config import TraceConfig
 from tuiwb.trace.windows import pack_windows
+from tuiwb.atomic import check_writable
 from tuiwb.errors import TuiwbError
+from tuiwb.locks import WriterLock, holder, is_held
 from tuiwb.model.hooks import hidden
 from tuiwb.progress import as_progress
 
@@ -72,17 +74,39 @@ def trace(cfg: TraceConfig, progress: bool = True, loaded=None) -> dict:
     """
     sources = open_sources(cfg.data, cfg.text_field)
     out = Path(cfg.out).expanduser()
-    _preflight(out, cfg)
-    if loaded is None:
-        if not cfg.model:
-            raise TuiwbError("no model: pass `model` (a checkpoint directory or hub id)")
-        from tuiwb.model.loading import load_model
+    if out.exists() and not out.is_dir():
+        raise TuiwbError(f"`out` {out} exists and is not a directory: choose another name")
+    check_writable(out, "`out`")
+    with _writer_lock(out, cfg.shard):  # one writer per output (per slice): a second run touches nothing
+        _preflight(out, cfg)
+        if loaded is None:
+            if not cfg.model:
+                raise TuiwbError("no model: pass `model` (a checkpoint directory or hub id)")
+            from tuiwb.model.loading import load_model
 
-        loaded = load_model(cfg.model, quant=cfg.quant, device=cfg.device, dtype=cfg.model_dtype,
-                            trust_remote_code=cfg.trust_remote_code)
-    plan = _Plan.make(cfg, loaded, sources, out)
-    job = _Job(cfg, loaded, sources, out, plan)
-    return job.run(progress)
+            loaded = load_model(cfg.model, quant=cfg.quant, device=cfg.device, dtype=cfg.model_dtype,
+                                trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+        plan = _Plan.make(cfg, loaded, sources, out)
+        job = _Job(cfg, loaded, sources, out, plan)
+        return job.run(progress)
+
+
+def _writer_lock(out: Path, shard: tuple[int, int]) -> WriterLock:
+    """The lock of this slice of ``out`` (next to it: ``out`` itself may not exist yet).
+
+    Slices of one N run in parallel, each under its own lock; a whole-directory run (N = 1) and a
+    slice run exclude each other, since their chunks overlap.
+    """
+    i, n = shard
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(out.parent / f".{out.name}.writer-{i}of{n}.lock", f"`out` {out}")
+    others = (out.parent.glob(f".{out.name}.writer-*of*.lock") if n == 1
+              else [out.parent / f".{out.name}.writer-0of1.lock"])
+    for other in others:
+        if other != lock.path and is_held(other):
+            raise TuiwbError(f"another tuiwb trace (pid {holder(other)}) is writing `out` {out}: wait for it "
+                             "to finish, or write elsewhere")
+    return lock
 
 
 def _preflight(out: Path, cfg: TraceConfig) -> None:
@@ -150,6 +174,7 @@ class _Job:
         self.was_empty_dir = out.is_dir() and not any(out.iterdir())
         self.created = not out.exists() or self.was_empty_dir
         self.claimed = False
+        self.replaced: Path | None = None  # the previous `out`, moved aside by `overwrite` until we succeed
         self.done = self._done_chunks()
 
     # -- output directory -------------------------------------------------------------------------
@@ -181,8 +206,10 @@ class _Job:
         self.claimed = True
         self.out.parent.mkdir(parents=True, exist_ok=True)
         with fmt.dir_lock(self.out):
-            if self.cfg.overwrite and self.slice_n == 1 and self.out.exists():
-                shutil.rmtree(self.out)
+            if self.cfg.overwrite and self.slice_n == 1 and self.out.exists() and not self.was_empty_dir:
+                # Keep the old trace until this one is complete: it comes back if this run fails.
+                self.replaced = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+                os.replace(self.out, self.replaced)
                 self.created = True
             self.out.mkdir(exist_ok=True)
             if self.cfg.overwrite and self.slice_n > 1:
@@ -234,12 +261,17 @@ class _Job:
                                  f"{counter.n_docs} documents, less than one window of `seq_len` {cfg.seq_len}: "
                                  "give more text or a smaller `seq_len`")
             self._claim()
-            return fmt.update_manifest(self.out, plan.header, lambda m: fmt.set_total(m, n_windows))
+            man = fmt.update_manifest(self.out, plan.header, lambda m: fmt.set_total(m, n_windows))
         except BaseException as e:
             interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
             pipe.abort(flush=interrupted)
-            self._cleanup(interrupted)
+            note = self._cleanup()
+            if note:
+                e.add_note(note)
             raise
+        if self.replaced is not None:
+            shutil.rmtree(self.replaced, ignore_errors=True)  # the new trace is whole: the old one can go
+        return man
 
     def _step(self, batch, hooks, pipe, bar) -> None:
         import torch
@@ -257,16 +289,25 @@ class _Job:
         bar.update(done, info=f"{self.recorded:,} tok · {rate:,.0f} tok/s · "
                               f"{pipe.writer.bytes_written / 1e6:,.1f} MB written")
 
-    def _cleanup(self, interrupted: bool) -> None:
-        """After a failure: whole shards stay for --resume on an interrupt; a fresh run leaves nothing."""
+    def _cleanup(self) -> str | None:
+        """After a failure: every whole shard stays, listed in the manifest, for ``resume``; what is
+        said about it is returned. A replaced trace comes back instead of a half-made new one."""
         if not self.claimed or not self.out.exists():
-            return
-        if self.created and self.slice_n == 1 and not interrupted:
+            return None
+        if self.replaced is not None:
             shutil.rmtree(self.out, ignore_errors=True)
-        elif self.created and not any(self.out.iterdir()):
+            os.replace(self.replaced, self.out)
+            return f"the previous trace in {self.out} was restored unchanged"
+        with fmt.dir_lock(self.out):
+            man = fmt.reconcile(self.out, self.plan.header, self._mine)  # drops our temp file, lists shards
+        mine = [s for s in man["shards"] if self._mine(s["chunk"])]
+        if not mine and self.created and not any(self.out.iterdir()):
             self.out.rmdir()
-        if self.was_empty_dir and not self.out.exists():
-            self.out.mkdir()  # it was an empty directory the user made: leave it as found
+            if self.was_empty_dir:
+                self.out.mkdir()  # it was an empty directory the user made: leave it as found
+            return None
+        return (f"{len(mine)} whole shard(s) are kept in {self.out}: fix the cause and rerun with "
+                "`resume=True` to record only the rest")
 
 
 class _TokenCounter:
