@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from tuiwb.locks import is_held, path_lock
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -45,17 +47,57 @@ def write_text(path: str | Path, text: str) -> Path:
 def staged_dir(out: str | Path) -> Iterator[Path]:
     """A fresh temporary sibling directory of ``out`` to fill; removed if the block fails.
 
-    Publish it with :func:`publish_dir` inside the block.
+    Publish it with :func:`publish_dir` inside the block. The directory is locked while the block
+    runs, so the next writer of ``out`` can tell its own crashed leftovers (``kill -9``) from a live
+    writer's and clean only those (:func:`clean_stale`).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
-        yield tmp
+        with path_lock(tmp):
+            yield tmp
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clean_stale(out: str | Path) -> None:
+    """Remove what a killed writer of ``out`` left: unlocked ``.NAME.tmp-*`` directories, and
+    ``.NAME.old-*`` ones (moved aside by :func:`publish_dir`) — put back first when ``out`` itself is
+    missing, so a kill between the two renames of a swap loses nothing."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        return
+    for pattern, restore in ((f".{out.name}.old-*", True), (f".{out.name}.tmp-*", False)):
+        for p in sorted(out.parent.glob(pattern)):
+            if not p.is_dir() or is_held(p):
+                continue  # a live writer's
+            if restore and not out.exists():
+                os.replace(p, out)
+            else:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_tempdir(prefix: str) -> Iterator[Path]:
+    """``tempfile.TemporaryDirectory`` that is locked while in use, after removing this user's
+    unlocked leftovers with the same prefix (a killed run's)."""
+    base = Path(tempfile.gettempdir())
+    for p in base.glob(f"{prefix}*"):
+        try:
+            if p.is_dir() and p.stat().st_uid == os.getuid() and not is_held(p):
+                shutil.rmtree(p, ignore_errors=True)
+        except OSError:
+            continue
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        with path_lock(tmp):
+            yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish_dir(tmp: Path, out: str | Path) -> Path:
@@ -65,6 +107,7 @@ def publish_dir(tmp: Path, out: str | Path) -> Path:
     deleted once the new one is in place; if the second rename fails the old one is put back.
     """
     out = Path(out)
+    _umask_permissions(tmp)  # some writers (safetensors) create 0600 files: a colleague could not read them
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -78,6 +121,16 @@ def publish_dir(tmp: Path, out: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def _umask_permissions(root: Path) -> None:
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
 
 
 def check_writable(path: str | Path, what: str = "output") -> Path:

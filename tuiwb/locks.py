@@ -84,7 +84,7 @@ class WriterLock:
 def is_held(path: Path) -> bool:
     """Whether a live process holds the lock on ``path`` (probed without blocking)."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY)  # read-only: works for lock files and locked directories alike
     except OSError:
         return False
     try:

@@ -84,6 +84,7 @@ def run_build(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
     from tuiwb.patch.config import FitConfig
     from tuiwb.patch.edit import check_name, parse_mode
+    from tuiwb.patch.io import check_output
     from tuiwb.sae.compat import sae_layer
     from tuiwb.session.session import Session
 
@@ -92,8 +93,7 @@ def run_build(args: argparse.Namespace) -> int:
     fit = config_from(FitConfig, args)  # checks the rank and every fit setting before loading anything
     out = Path(args.out)
     name = check_name(args.name or out.name)
-    if out.exists() and not args.force:
-        raise TuiwbError(f"{out} already exists: choose another --out or pass --force")
+    check_output(out, args.force)  # before any work: a --force target must be a tuiwb patch
     if not Path(args.sae).is_dir():
         raise TuiwbError(f"SAE directory {args.sae} does not exist: point --sae at a saes/layer_N directory")
 
@@ -132,11 +132,11 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
+    from tuiwb.patch.io import check_output
     from tuiwb.session.session import Session
 
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise TuiwbError(f"{out} already exists: choose another --out or pass --force")
+    check_output(out, args.force)
     session = Session.open(args.model, lora_dirs=args.lora, quant=args.quant, device=args.device,
                            dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                            allow_pickle=args.allow_pickle)

@@ -23,6 +23,8 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--layer", action="append", required=True, metavar="N",
                    help="layer to train (repeatable or comma-separated; 'all' = every recorded layer)")
     p.add_argument("--out", required=True, help="output root; each layer goes to OUT/layer_N/")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing OUT/layer_N SAEs (patches built on them warn)")
     set_flags(p, add_config_args(p, TrainConfig))
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise TuiwbError("--expansion and --d-sae both set the number of latents: pass one")
     cfg = config_from(TrainConfig, args)
     layers = [x.strip() for v in args.layer for x in v.split(",") if x.strip()]
-    results = train_saes(args.acts, layers, args.out, cfg, progress=not args.no_progress)
+    results = train_saes(args.acts, layers, args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("LOCAL_RANK", "0") or 0) != 0 or not results:
         return 0  # a DDP worker: rank 0 reports
     if args.json:

@@ -317,7 +317,7 @@ def _train_step(cfg, store, acts_dir: Path, saes_dir: Path, layers, progress: bo
     from tuiwb.sae.train import train_saes
 
     tcfg = TrainConfig(arch="topk", k=cfg.sae_k, expansion=cfg.sae_expansion, tokens=cfg.sae_tokens)
-    train_saes(acts_dir, todo, saes_dir, tcfg, progress=progress)
+    train_saes(acts_dir, todo, saes_dir, tcfg, progress=progress, overwrite=True)  # only stale ones
     return todo
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tuiwb import __version__
-from tuiwb.atomic import publish_dir, staged_dir
+from tuiwb.atomic import check_writable, publish_dir, staged_dir
 from tuiwb.errors import TuiwbError
 from tuiwb.patch.lora_fit import LoraFactors
 
@@ -174,13 +174,32 @@ def export_merged(out: str | Path, loaded, patches: list[tuple[dict, LoraFactors
                                       "rank": config["r"], "rank_pattern": config.get("rank_pattern") or {}})
 
 
+def check_output(out: str | Path, overwrite: bool) -> Path:
+    """``out`` may be written: it does not exist, or ``overwrite`` is set and it is a tuiwb patch or
+    export (recognised by its manifest) or empty. Anything else is never replaced."""
+    out = Path(out)
+    if not out.exists():
+        return check_writable(out, "the output directory")
+    if not overwrite:
+        raise TuiwbError(f"{out} already exists: choose another output directory, or pass `force=True`")
+    if not out.is_dir():
+        raise TuiwbError(f"{out} exists and is not a directory: choose another output directory")
+    if any(out.iterdir()):
+        try:
+            fmt_ = json.loads((out / MANIFEST).read_text()).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt_ = None
+        if fmt_ not in (FORMAT, EXPORT_FORMAT):
+            raise TuiwbError(f"{out} exists and is not a tuiwb patch or export (no tuiwb {MANIFEST}): "
+                             "replacing it could destroy other files; choose another output directory")
+    return check_writable(out, "the output directory")
+
+
 def _write_dir(out: str | Path, loaded, modules: dict, overwrite: bool, fields) -> Path:
     """Write ``out/`` = PEFT adapter for ``modules`` + ``manifest.json``, atomically. ``fields(config)``
     gives the manifest's kind-specific fields from the written adapter config; the base model's
     identity, target modules, creation time and versions are common to patches and exports."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise TuiwbError(f"{out} already exists: choose another output directory, or pass overwrite=True")
+    out = check_output(out, overwrite)
     with staged_dir(out) as tmp:
         config = _write_adapter(tmp, loaded, modules)
         manifest = {"format_version": FORMAT_VERSION, **fields(config), **base_identity(loaded),

@@ -71,6 +71,7 @@ def sae_cfg_dict(sae: SAE) -> dict:
             "architecture": c.architecture,
             "model_config_hash": c.model_config_hash,
             "trace_manifest_hash": c.trace_manifest_hash,
+            "weights_hash": c.weights_hash,
             "norm_scaling_factor": c.norm_scaling_factor,
             "source": c.source,
             "training": c.training,
@@ -87,8 +88,20 @@ def save_sae(sae: SAE, path: str | Path) -> Path:
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sae.state_dict().items()}
     with staged_dir(path) as tmp:
         save_file(tensors, str(tmp / SAELENS_WEIGHTS))
+        sae.cfg.weights_hash = file_sha256(tmp / SAELENS_WEIGHTS)
         (tmp / CFG_FILE).write_text(json.dumps(sae_cfg_dict(sae), indent=2, default=_json_default) + "\n")
         return publish_dir(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 8 MB chunks (an SAE of 131k latents at width 4096 is ~4 GB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _json_default(o):
@@ -246,7 +259,8 @@ def _cfg_from_ours(raw, ours, d_in, d_sae, arch, k, meta, path) -> SAEConfig:
             model_config_hash=ours.get("model_config_hash"),
             apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
             norm_scaling_factor=float(ours.get("norm_scaling_factor", 1.0)),
-            trace_manifest_hash=ours.get("trace_manifest_hash"), training=ours.get("training"),
+            trace_manifest_hash=ours.get("trace_manifest_hash"), weights_hash=ours.get("weights_hash"),
+            training=ours.get("training"),
             metrics=ours.get("metrics"), source=ours.get("source", "tuiwb"), extra=dict(ours.get("extra") or {}),
         )
     except (TypeError, ValueError, TuiwbError) as e:

@@ -57,6 +57,9 @@ class SAEConfig:
     """Factor the activations were multiplied by during training; already folded into the weights."""
     trace_manifest_hash: str | None = None
     """Hash of the activation store's manifest the SAE was trained on."""
+    weights_hash: str | None = None
+    """sha256 of the weights file as saved (set by ``save_sae``): patches record it, so attaching one to
+    a retrained SAE, whose feature ids mean other features, is flagged."""
     training: dict | None = None
     """The ``TrainConfig`` used (plain dict), if trained by tuiwb."""
     metrics: dict | None = None

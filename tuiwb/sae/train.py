@@ -21,9 +21,9 @@ Logging is local (``logger="csv"`` or ``"tensorboard"``); W&B only with ``wandb=
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
-import tempfile
 import time
 import warnings
 from dataclasses import asdict
@@ -33,7 +33,8 @@ import pytorch_lightning as pl
 import torch
 
 from tuiwb.sae.io import save_sae
-from tuiwb.errors import TuiwbError
+from tuiwb.errors import TuiwbError, warn
+from tuiwb.atomic import check_writable, private_tempdir
 from tuiwb.hashing import stable_hash
 from tuiwb.progress import as_progress
 from tuiwb.sae.config import DEFAULT_LR, TrainConfig
@@ -133,10 +134,12 @@ def resolve_layers(store, layers) -> list[int]:
 
 
 def train_saes(acts_path: str | Path, layers, out_dir: str | Path, cfg: TrainConfig | None = None,
-               progress: bool = True) -> dict[int, dict]:
+               progress: bool = True, overwrite: bool = False) -> dict[int, dict]:
     """Train one SAE per layer (one after the other) into ``out_dir/layer_N``; metrics per layer.
 
-    Under DDP only global rank 0 writes and returns metrics (other ranks return ``{}``).
+    An existing ``layer_N`` is replaced only with ``overwrite`` (its feature ids are what patches and
+    notes refer to), with a warning naming the patches that were built on it. Under DDP only global
+    rank 0 writes and returns metrics (other ranks return ``{}``).
     """
     from tuiwb.sae.data import open_store
 
@@ -144,7 +147,11 @@ def train_saes(acts_path: str | Path, layers, out_dir: str | Path, cfg: TrainCon
     store = open_store(acts_path)
     todo = resolve_layers(store, layers)
     cfg.d_sae_for(int(store.d_model))  # k ≤ d_sae, checked before any work
-    out_dir = Path(out_dir).expanduser()
+    out_dir = check_writable(Path(out_dir).expanduser(), "`out`")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TuiwbError(f"`out` {out_dir} is a file: give a directory (each layer goes to OUT/layer_N)")
+    for layer in todo:
+        _check_replace(out_dir / f"layer_{layer}", overwrite)
     results: dict[int, dict] = {}
     threads = torch.get_num_threads()
     if cfg.threads:
@@ -158,6 +165,34 @@ def train_saes(acts_path: str | Path, layers, out_dir: str | Path, cfg: TrainCon
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def _check_replace(layer_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace an SAE unless asked; when asked, name the patches built on it."""
+    if not layer_dir.exists():
+        return
+    if not overwrite:
+        raise TuiwbError(f"{layer_dir} already holds an SAE: pass `overwrite=True` to replace it (patches and "
+                         "notes that name its feature ids would then mean other features)")
+    try:
+        old = json.loads((layer_dir / "cfg.json").read_text()).get("tuiwb", {}).get("weights_hash")
+    except (OSError, ValueError, AttributeError):
+        old = None
+    for manifest in _sibling_manifests(layer_dir.parent):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if old is not None and (m.get("sae") or {}).get("weights_hash") == old:
+            warn(f"{manifest.parent} was built on {layer_dir}, which is being replaced: its feature ids will "
+                 "refer to the new SAE's features; rebuild it after training")
+
+
+def _sibling_manifests(saes_dir: Path):
+    """Patch manifests near an SAE directory: ``../*/manifest.json`` and ``../*/*/manifest.json``."""
+    root = saes_dir.parent
+    yield from root.glob("*/manifest.json")
+    yield from root.glob("*/*/manifest.json")
 
 
 def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progress: bool = True) -> dict:
@@ -187,7 +222,7 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
                               val_fraction=cfg.val_fraction, val_tokens=cfg.val_tokens, seed=cfg.seed)
     module = SAETrainModule(sae, cfg, steps=steps, scale=scale,
                             lr=DEFAULT_LR if cfg.lr == "auto" else float(cfg.lr))
-    with tempfile.TemporaryDirectory(prefix="tuiwb-train-") as tmp:
+    with private_tempdir("tuiwb-train-") as tmp:
         trainer = _make_trainer(cfg, steps, layer, out, tmp, progress, has_val=cfg.val_fraction > 0)
         module._log_every = max(1, steps // 200) if trainer.loggers else 0
         lr_found = None

@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 import torch
 
 from tuiwb.choices import DEFAULT_DEVICE
-from tuiwb.errors import TuiwbError
+from tuiwb.errors import TuiwbError, warn
 from tuiwb.model.logits import LogitsResult, kl_divergence, next_token_logits, top_k
 from tuiwb.patch.config import FitConfig, check_rank
 from tuiwb.patch.edit import (FeatureEdit, Patch, check_name, default_name, edit_hook, format_mode, make_edit,
@@ -459,6 +459,11 @@ class Session:
                 self._rack = LoraRack(self.loaded.model)
             self._rack.add(name, stored.factors)
             if layer in self.saes:
+                built_on = (m.get("sae") or {}).get("weights_hash")
+                here = self.saes[layer].cfg.weights_hash
+                if built_on and here and built_on != here:
+                    warn(f"{path} was built on another SAE than the one attached at layer {layer}: its feature "
+                         f"ids {m.get('features')} may mean other features here (the LoRA itself still applies)")
                 try:
                     self._edits[name] = make_edit(self.saes[layer], m.get("features", []), parse_mode(mode))
                 except TuiwbError:
@@ -502,7 +507,8 @@ def _meta(p: Patch, edit: FeatureEdit, report: FitReport, fidelity: float, src: 
         "method": "lora", "fidelity": fidelity,
         "fidelity_data": held_src,
         "sae": {"hook_name": getattr(sae, "hook_name", None), "d_sae": int(sae.W_dec.shape[0]),
-                "architecture": getattr(cfg, "architecture", None)},
+                "architecture": getattr(cfg, "architecture", None),
+                "weights_hash": getattr(cfg, "weights_hash", None)},
         "fit": {"data": src, "n_tokens": report.n_tokens, "r2_closed_form": report.r2_closed,
                 "layer_rel_err_closed_form": report.rel_err_closed,
                 "layer_rel_err_refined": report.rel_err_refined, "refined": report.refined,
