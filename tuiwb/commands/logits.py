@@ -107,18 +107,15 @@ def _open_session(args, specs):
 
 
 def _token_probs(loaded, tokens: list[str], base, patched) -> list[dict]:
-    """P(token) unpatched and patched for each ``--token`` (its first token if it splits)."""
+    """P(token) unpatched and patched for each ``--token`` (one token of the vocabulary)."""
     import torch
 
-    from tuiwb.errors import TuiwbError
+    from tuiwb.features.search import resolve_token
 
     pb, pp = torch.softmax(base.float(), -1), torch.softmax(patched.float(), -1)
     out = []
     for t in tokens:
-        ids = loaded.tokenizer(t, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise TuiwbError(f"--token {t!r} encodes to no token")
-        i = int(ids[0])
+        i = resolve_token(t, loaded.tokenizer)  # one known token, never a silent <unk>
         out.append({"token": t, "id": i, "baseline": float(pb[i]), "patched": float(pp[i])})
     return out
 

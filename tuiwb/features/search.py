@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import difflib
+
 import numpy as np
 
 from tuiwb.errors import TuiwbError
@@ -50,15 +52,19 @@ def resolve_token(token: str, tokenizer=None, stats: FeatureStats | None = None)
         return int(text[1:])
     if tokenizer is not None:
         vocab = tokenizer.get_vocab()
+        unk = getattr(tokenizer, "unk_token_id", None)
         for cand in (text, " " + text, "Ġ" + text, "▁" + text):
-            if cand in vocab:
+            if cand in vocab and vocab[cand] != unk:
                 return int(vocab[cand])
         for cand in (text, " " + text):
             ids = tokenizer(cand, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
+            if len(ids) == 1 and ids[0] != unk:
                 return int(ids[0])
-        raise TuiwbError(f"{token!r} is not a single token of this tokenizer: give one token "
-                         "(or #ID for a token id)")
+        close = difflib.get_close_matches(text, list(vocab), n=5, cutoff=0.6)
+        close += [c for c in difflib.get_close_matches(" " + text, list(vocab), n=5, cutoff=0.6) if c not in close]
+        hint = f"; close ones: {', '.join(repr(c) for c in close[:5])}" if close else ""
+        raise TuiwbError(f"{token!r} is not a single known token of this tokenizer (it would be unknown or split): "
+                         f"give one token, or #ID for a token id{hint}")
     if stats is not None:
         for tid, s in stats.vocab.items():
             if s == text or s.strip() == text.strip():

@@ -82,6 +82,32 @@ _VOLATILE = {"_name_or_path", "torch_dtype", "dtype", "transformers_version", "q
              "output_hidden_states", "output_attentions", "return_dict"}
 
 
+def weights_fingerprint(model) -> list[float]:
+    """Eight numbers that tell two checkpoints of one config apart: sums of spread-out rows of the
+    token embedding (never quantized by bitsandbytes, so 4/8-bit loads agree with fp ones).
+
+    Same config, other weights (a fine-tune, another seed) gives other numbers; the same weights in
+    another dtype give nearly the same ones, hence :func:`fingerprints_match`'s tolerance.
+    """
+    import torch
+
+    w = model.get_input_embeddings().weight
+    rows = torch.linspace(0, w.shape[0] - 1, 8).long().to(w.device)
+    with torch.no_grad():
+        sums = w[rows].double().sum(-1).cpu().tolist()
+    return [float(f"{s:.6g}") for s in sums]
+
+
+def fingerprints_match(a, b) -> bool:
+    """Whether two fingerprints come from the same weights (None — an older file — always matches)."""
+    if not a or not b:
+        return True
+    if len(a) != len(b):
+        return False
+    scale = sum(abs(x) for x in a) / len(a) + 1e-6
+    return all(abs(x - y) <= 0.02 * max(abs(x), abs(y)) + 0.02 * scale for x, y in zip(a, b))
+
+
 def config_hash(config) -> str:
     """Short stable hash of the parts of a model config that define its weights' shapes and wiring.
 

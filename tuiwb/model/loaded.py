@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from tuiwb.errors import TuiwbError
-from tuiwb.model.arch import ArchSpec, config_hash, get_module
+from tuiwb.model.arch import ArchSpec, config_hash, get_module, weights_fingerprint
 from tuiwb.model.hooks import EMBED_HOOK, StopForward, hidden, parse_hook_name
 
 EMBED = -1
@@ -53,6 +53,12 @@ class LoadedModel:
     @cached_property
     def config_hash(self) -> str:
         return config_hash(self.model.config)
+
+    @cached_property
+    def fingerprint(self) -> list[float]:
+        """``weights_fingerprint`` of the weights: recorded with activations, SAEs and patches, checked on
+        every join, so a model of the same config but other weights is refused."""
+        return weights_fingerprint(self.model)
 
     @property
     def n_layers(self) -> int:

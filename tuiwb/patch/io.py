@@ -19,6 +19,7 @@ import torch
 from tuiwb import __version__
 from tuiwb.atomic import check_writable, publish_dir, staged_dir
 from tuiwb.errors import TuiwbError
+from tuiwb.model.arch import fingerprints_match
 from tuiwb.patch.lora_fit import LoraFactors
 
 MANIFEST = "manifest.json"
@@ -42,14 +43,15 @@ class StoredPatch:
     """Effective factors (PEFT's ``lora_alpha / r`` scaling folded into A)."""
 
 
-BASE_KEYS = ("base_model", "config_hash", "model_type", "d_model", "n_layers")
+BASE_KEYS = ("base_model", "config_hash", "model_type", "d_model", "n_layers", "weights_fingerprint")
 IDENTITY_KEYS = ("format", "format_version", *BASE_KEYS, "target_modules", "created", "tuiwb_version")
 """Manifest keys every patch and export gets from the writer (the rest describe the patch itself)."""
 
 
 def base_identity(loaded) -> dict:
     """What a patch records about its base model (``BASE_KEYS``), and what attaching it checks."""
-    values = (loaded.model_id, loaded.config_hash, loaded.config.model_type, loaded.d_model, loaded.n_layers)
+    values = (loaded.model_id, loaded.config_hash, loaded.config.model_type, loaded.d_model, loaded.n_layers,
+              loaded.fingerprint)
     return dict(zip(BASE_KEYS, values))
 
 
@@ -58,6 +60,8 @@ def check_base(manifest: dict, loaded, where: str) -> None:
     mine = base_identity(loaded)
     diffs = [f"{key} {manifest.get(key)!r} ≠ {mine[key]!r}" for key in ("config_hash", "d_model", "n_layers")
              if manifest.get(key) != mine[key]]
+    if not diffs and not fingerprints_match(manifest.get("weights_fingerprint"), mine["weights_fingerprint"]):
+        diffs = ["same config, other weights"]
     if diffs:
         raise TuiwbError(f"{where} was built for a different base model ({manifest.get('base_model')!r}; "
                          f"{', '.join(diffs)}): load it with that model, or rebuild the patch for this one")

@@ -51,6 +51,8 @@ class SAEConfig:
     """Base model id or path the SAE was trained on."""
     model_config_hash: str | None = None
     """``LoadedModel.config_hash`` of the base model, to refuse a mismatched model later."""
+    model_fingerprint: list | None = None
+    """``LoadedModel.fingerprint`` of the base model's weights (same config, other weights is refused)."""
     apply_b_dec_to_input: bool = True
     """Subtract ``b_dec`` from the input before encoding (SAELens' flag of the same name)."""
     norm_scaling_factor: float = 1.0

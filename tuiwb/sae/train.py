@@ -211,6 +211,7 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
     sae = SAE(SAEConfig(d_in=d, d_sae=cfg.d_sae_for(d), architecture=cfg.arch,
                         k=cfg.k if cfg.arch == "topk" else None, hook_name=store.column(layer), layer=layer,
                         model_name=store.model_id, model_config_hash=store.config_hash,
+                        model_fingerprint=store.fingerprint,
                         trace_manifest_hash=stable_hash(store.manifest)))
     with torch.no_grad():
         if cfg.b_dec_init == "geometric_median":

@@ -37,7 +37,7 @@ from tuiwb.patch.edit import (FeatureEdit, Patch, check_name, default_name, edit
 from tuiwb.patch.io import IDENTITY_KEYS
 from tuiwb.patch.lora_fit import FitReport, encode_texts, fit_lora, mean_kl, store_sequences
 from tuiwb.patch.rack import LoraRack
-from tuiwb.sae.compat import check_sae_fits, sae_layer
+from tuiwb.sae.compat import check_same_model, check_sae_fits, sae_layer
 from tuiwb.trace.sources import read_lines
 
 _BASELINE_CACHE = 256
@@ -55,9 +55,7 @@ class Session:
         for layer, sae in (saes or {}).items():
             self._attach_sae(int(layer), sae)
         self.acts = acts
-        if acts is not None and getattr(acts, "config_hash", None) not in (None, loaded.config_hash):
-            raise TuiwbError(f"the activation store was traced from another model (config hash "
-                             f"{acts.config_hash} ≠ {loaded.config_hash}): trace this model first")
+        check_same_model(loaded, acts, "the activation store was traced from")
         self.fit = fit or FitConfig()
         """Default settings of LoRA fits (``build_lora``)."""
         self.data = data

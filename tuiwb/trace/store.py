@@ -49,6 +49,7 @@ class ActivationStore:
         self.seq_len: int = int(m["seq_len"])
         self.model_id: str = m["model_id"]
         self.config_hash: str = m["config_hash"]
+        self.fingerprint: list[float] | None = m.get("weights_fingerprint")
         self.dtype = np.dtype(m["dtype"])
         self.special_token_ids: list[int] = list(m.get("special_token_ids", []))
         shards = sorted(m["shards"], key=lambda s: s["seq_start"])

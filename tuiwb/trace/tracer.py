@@ -153,7 +153,7 @@ class _Plan:
             wps = rg * max(1, SHARD_BYTES // (rg * cfg.seq_len * row_bytes))
         header = {
             "format": fmt.FORMAT, "format_version": fmt.FORMAT_VERSION, "tuiwb_version": __version__,
-            "model_id": loaded.model_id, "config_hash": loaded.config_hash,
+            "model_id": loaded.model_id, "config_hash": loaded.config_hash, "weights_fingerprint": loaded.fingerprint,
             "model_class": type(loaded.model).__name__, "n_layers_model": loaded.n_layers,
             "layers": layers, "hook_names": [fmt.column_name(L) for L in layers],
             "d_model": loaded.d_model, "dtype": cfg.store_dtype, "storage": f"fixed_size_binary({loaded.d_model * itemsize})",
