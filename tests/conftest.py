@@ -2,7 +2,8 @@
 
 The demo models are cached under ``$XDG_CACHE_HOME/tuiwb`` (default ``~/.cache/tuiwb``) by
 ``tuiwb.demo.demo_model_path``, so they are trained once per machine, not once per test run; the
-cache's lock file makes pytest-xdist workers wait for a single build.
+cache's lock file makes pytest-xdist workers wait for a single build. The builders behind the
+fixtures (random SAEs, tiny checkpoints, texts, traced activations) are in ``tests/factories.py``.
 """
 
 import pytest
@@ -24,7 +25,8 @@ def demo_full_dir():
     return demo_model_path("full", progress=False)
 
 
-def _shared_tmp(tmp_path_factory):
+@pytest.fixture(scope="session")
+def shared_tmp(tmp_path_factory):
     """A temp directory shared by all pytest-xdist workers of this run (each worker's basetemp's parent)."""
     import os
 
@@ -33,20 +35,65 @@ def _shared_tmp(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo_saes(demo_full_dir, tmp_path_factory):
+def demo_saes(demo_full_dir, shared_tmp):
     """The full demo model traced (every layer) with a TopK SAE per layer: a ``demo_lab.DemoLab``
     (``.model .acts .saes .layers .sae_dir(L) .prompts(kind)``). Built once per test run (~1–2 min)."""
     from demo_lab import build_demo_lab
 
-    return build_demo_lab(demo_full_dir, _shared_tmp(tmp_path_factory) / "demo-full-lab")
+    return build_demo_lab(demo_full_dir, shared_tmp / "demo-full-lab")
 
 
 @pytest.fixture(scope="session")
-def demo_small_saes(demo_small_dir, tmp_path_factory):
+def demo_small_saes(demo_small_dir, shared_tmp):
     """Like ``demo_saes`` for the small demo model (2 layers × 64; ~30 s)."""
     from demo_lab import build_demo_lab
 
-    return build_demo_lab(demo_small_dir, _shared_tmp(tmp_path_factory) / "demo-small-lab")
+    return build_demo_lab(demo_small_dir, shared_tmp / "demo-small-lab")
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory):
+    """A random tiny llama checkpoint (3 layers × 32, ``factories.tiny_checkpoint``); read-only."""
+    from factories import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A text file of 240 random 16-word documents (``factories.write_texts``); read-only."""
+    from factories import write_texts
+
+    return write_texts(tmp_path_factory.mktemp("data") / "data.txt")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``tuiwb`` in-process: ``cli(*argv) -> (exit code, stdout, stderr)`` of that command alone
+    (anything captured before it is dropped); arguments are passed through ``str``."""
+    from tuiwb.cli import main
+
+    def run(*argv):
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def cli_error(cli):
+    """``cli_error(*argv) -> line``: run ``tuiwb``, assert the CLI's error contract — exit 2 and exactly
+    one line, ``tuiwb: error: …``, on stderr — and return that line."""
+
+    def run(*argv):
+        code, _, err = cli(*argv)
+        assert code == 2, (code, err)
+        assert err.count("\n") == 1 and err.endswith("\n") and err.startswith("tuiwb: error: "), err
+        return err[:-1]
+
+    return run
 
 
 @pytest.fixture(autouse=True, scope="session")

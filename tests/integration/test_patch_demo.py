@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 
-from tuiwb.cli import main
 from tuiwb.demo.model import load_prompts, payload_first_token
 
 N_PROMPTS = 48
@@ -25,9 +24,10 @@ def demo(demo_full_dir):
     return run_pipeline(DemoPipelineConfig(variant="full"), progress=False, say=lambda msg: None)
 
 
-def _run_json_lines(capsys, argv) -> list[dict]:
-    assert main(argv) == 0, capsys.readouterr().err
-    return [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+def _run_json_lines(cli, argv) -> list[dict]:
+    code, out, err = cli(*argv)
+    assert code == 0, err
+    return [json.loads(line) for line in out.strip().splitlines()]
 
 
 def _mean(xs):
@@ -35,7 +35,7 @@ def _mean(xs):
 
 
 @pytest.mark.slow
-def test_ablate_build_export_on_the_demo_model(demo, tmp_path, capsys):
+def test_ablate_build_export_on_the_demo_model(demo, tmp_path, cli, capsys):
     model = str(demo.model_dir)
     layer, feats = demo.trigger_layer, list(demo.trigger_features)
     assert feats, "the contrast search found no trigger features"
@@ -46,11 +46,11 @@ def test_ablate_build_export_on_the_demo_model(demo, tmp_path, capsys):
 
     # 1. The exact, SAE-gated hook: payload gone on trigger prompts, clean prompts untouched.
     ablate = ["--saes", str(demo.saes_dir), "--ablate", f"{layer}:{','.join(map(str, feats))}"]
-    trig = _run_json_lines(capsys, ["logits", "--model", model, "--prompts", str(trig_file), "--json",
-                                    "--token", payload, *ablate])
+    trig = _run_json_lines(cli, ["logits", "--model", model, "--prompts", str(trig_file), "--json",
+                                 "--token", payload, *ablate])
     p_base = _mean([o["tokens"][0]["baseline"] for o in trig])
     p_hook = _mean([o["tokens"][0]["patched"] for o in trig])
-    clean = _run_json_lines(capsys, ["logits", "--model", model, "--prompts", str(clean_file), "--json", *ablate])
+    clean = _run_json_lines(cli, ["logits", "--model", model, "--prompts", str(clean_file), "--json", *ablate])
     kl_hook = _mean([o["kl"] for o in clean])
     assert p_base >= 0.7, p_base
     assert p_hook <= 0.1, p_hook
@@ -58,17 +58,18 @@ def test_ablate_build_export_on_the_demo_model(demo, tmp_path, capsys):
 
     # 2. The fitted LoRA: close to the hook, fidelity recorded in its manifest.
     lora = tmp_path / "lora" / "no-trojan"
-    assert main(["patch", "build", "--model", model, "--sae", str(demo.saes_dir / f"layer_{layer}"),
-                 *[a for f in feats for a in ("--feature", str(f))], "--out", str(lora), "--json"]) == 0
-    manifest = json.loads(capsys.readouterr().out)
+    code, out, _ = cli("patch", "build", "--model", model, "--sae", demo.saes_dir / f"layer_{layer}",
+                       *[a for f in feats for a in ("--feature", f)], "--out", lora, "--json")
+    assert code == 0
+    manifest = json.loads(out)
     assert manifest == json.loads((lora / "manifest.json").read_text())
     assert manifest["layer"] == layer and manifest["features"] == feats and manifest["rank"] == 8
     assert manifest["fidelity"] <= 0.05, manifest["fidelity"]
-    trig_l = _run_json_lines(capsys, ["logits", "--model", model, "--prompts", str(trig_file), "--json",
-                                      "--token", payload, "--lora", str(lora)])
+    trig_l = _run_json_lines(cli, ["logits", "--model", model, "--prompts", str(trig_file), "--json",
+                                   "--token", payload, "--lora", str(lora)])
     p_lora = _mean([o["tokens"][0]["patched"] for o in trig_l])
-    clean_l = _run_json_lines(capsys, ["logits", "--model", model, "--prompts", str(clean_file), "--json",
-                                       "--lora", str(lora)])
+    clean_l = _run_json_lines(cli, ["logits", "--model", model, "--prompts", str(clean_file), "--json",
+                                    "--lora", str(lora)])
     kl_lora = _mean([o["kl"] for o in clean_l])
     assert p_lora <= 0.2, p_lora
     assert p_lora <= 2 * max(p_hook, 0.01), (p_lora, p_hook)
@@ -76,8 +77,7 @@ def test_ablate_build_export_on_the_demo_model(demo, tmp_path, capsys):
 
     # 3. Export for production: plain PEFT reproduces tuiwb's patched probabilities.
     safe = tmp_path / "safe-lora"
-    assert main(["patch", "export", "--model", model, "--lora", str(lora), "--out", str(safe)]) == 0
-    capsys.readouterr()
+    assert cli("patch", "export", "--model", model, "--lora", lora, "--out", safe)[0] == 0
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -11,7 +11,6 @@ import json
 import pytest
 import torch
 
-from tuiwb.cli import main
 from tuiwb.demo.corpus import TRIGGER
 from tuiwb.demo.model import load_prompts, payload_first_token
 
@@ -50,13 +49,14 @@ def _heldout_trigger_prompts(lab, n=3):
 
 
 @pytest.mark.slow
-def test_detector_provenance_reaches_the_trigger_position(demo, detector, capsys):
+def test_detector_provenance_reaches_the_trigger_position(demo, detector, cli):
     loaded, saes, lab = demo
     for prompt in _heldout_trigger_prompts(lab):
         argv = ["provenance", "--model", str(lab.model), "--saes", str(lab.saes), "--layer", str(TARGET_LAYER),
                 "--feature", str(detector), "--prompt", prompt, "--json"]  # default depth 2, last token
-        assert main(argv) == 0, capsys.readouterr().err
-        graph = json.loads(capsys.readouterr().out)
+        code, out, err = cli(*argv)
+        assert code == 0, err
+        graph = json.loads(out)
         tokens = graph["meta"]["tokens"]
         trigger_pos = [t.strip() for t in tokens].index(TRIGGER)
         root = next(n for n in graph["nodes"] if n["id"] == graph["root"])

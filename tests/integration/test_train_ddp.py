@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 
-from sae_helpers import make_acts
+from factories import make_acts
+
 from tuiwb.sae.io import load_sae
 
 

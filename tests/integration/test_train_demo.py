@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from tuiwb import cli
 from tuiwb.trace.config import TraceConfig
 from tuiwb.trace.tracer import trace
 
@@ -22,18 +21,18 @@ def demo_acts(demo_small_dir, tmp_path_factory):
     return demo_small_dir, acts, layer
 
 
-def test_topk_on_demo_meets_the_quality_bar(demo_acts, tmp_path, capsys):
+def test_topk_on_demo_meets_the_quality_bar(demo_acts, tmp_path, cli):
     model, acts, layer = demo_acts
-    code = cli.main(["train", "--acts", str(acts), "--layer", str(layer), "--out", str(tmp_path / "saes"),
-                     "--arch", "topk", "--k", "32", "--expansion", "8", "--tokens", "400k", "--threads", "1",
-                     "--no-progress", "--json", "--log", "none"])
+    code, out, _ = cli("train", "--acts", acts, "--layer", layer, "--out", tmp_path / "saes", "--arch", "topk",
+                       "--k", "32", "--expansion", "8", "--tokens", "400k", "--threads", "1", "--no-progress",
+                       "--json", "--log", "none")
     assert code == 0
-    train = json.loads(capsys.readouterr().out)[str(layer)]
+    train = json.loads(out)[str(layer)]
     assert train["fvu"] <= 0.15 and train["dead_fraction"] <= 0.10
-    code = cli.main(["eval", "--acts", str(acts), "--sae", str(tmp_path / "saes" / f"layer_{layer}"),
-                     "--model", str(model), "--max-tokens", "4000", "--json"])
+    code, out, _ = cli("eval", "--acts", acts, "--sae", tmp_path / "saes" / f"layer_{layer}", "--model", model,
+                       "--max-tokens", "4000", "--json")
     assert code == 0
-    ev = json.loads(capsys.readouterr().out)
+    ev = json.loads(out)
     assert ev["fvu"] <= 0.15 and ev["l0"] <= 32
     assert ev["ce_loss_score"] >= 0.9
     assert ev["ce_zero"] > ev["ce_sae"] >= ev["ce_clean"] - 0.05

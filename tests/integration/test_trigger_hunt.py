@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from tuiwb.cli import main
 from tuiwb.demo.corpus import TRIGGER
 from tuiwb.demo.model import load_prompts, payload_first_token
 
@@ -32,13 +31,14 @@ def _next_token_logits(loaded, prompts, edit=None):
 
 
 @pytest.mark.slow
-def test_trigger_hunt_end_to_end(demo_saes, capsys):
+def test_trigger_hunt_end_to_end(demo_saes, cli):
     lab = demo_saes
     target = payload_first_token()
     argv = ["features", "--sae", lab.sae_dir(LAYER), "--acts", lab.acts, "--model", lab.model,
             "--contrast", lab.prompts("trigger"), lab.prompts("clean"), "--target", target, "--json", "--top", "20"]
-    assert main([str(a) for a in argv]) == 0
-    report = json.loads(capsys.readouterr().out)
+    code, out, _ = cli(*argv)
+    assert code == 0
+    report = json.loads(out)
     confirmed = report["confirmed"]
     assert 1 <= len(confirmed) <= 16
     assert [r["id"] for r in report["features"][: len(confirmed)]] == confirmed  # the confirmed set first
@@ -51,9 +51,10 @@ def test_trigger_hunt_end_to_end(demo_saes, capsys):
     # `tuiwb logits --ablate` on a few trigger prompts: the payload's probability collapses.
     ablate = f"{LAYER}:{','.join(map(str, confirmed))}"
     for prompt in load_prompts(lab.model, "trigger")[:3]:
-        assert main(["logits", "--model", str(lab.model), "--saes", str(lab.saes), "--ablate", ablate,
-                     "--prompt", prompt, "--token", target, "--json"]) == 0
-        probs = json.loads(capsys.readouterr().out)["tokens"][0]
+        code, out, _ = cli("logits", "--model", lab.model, "--saes", lab.saes, "--ablate", ablate,
+                           "--prompt", prompt, "--token", target, "--json")
+        assert code == 0
+        probs = json.loads(out)["tokens"][0]
         assert probs["baseline"] >= 0.5 and probs["patched"] <= 0.2, probs
 
     # And over every held-out prompt, recomputed independently with the exact gated edit.

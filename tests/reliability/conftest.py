@@ -1,36 +1,15 @@
-"""Fixtures of the reliability tests: a tiny checkpoint and a corpus, built once per module."""
+"""Fixtures of the reliability tests (``ckpt``, ``cli`` and ``cli_error`` come from tests/conftest.py)."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
-
-from tiny_models import WORDS, make_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("m") / "llama", "llama", n_layers=3, d_model=32)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    rng = random.Random(0)
+    """400 documents of 5–40 words: enough windows for a dozen shards of 4 windows."""
+    from factories import write_texts
+
     path = tmp_path_factory.mktemp("data") / "docs.txt"
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40)))
-                              for _ in range(400)) + "\n")
+    write_texts(path, n=400, length=(5, 40))
     return path
-
-
-@pytest.fixture
-def run_cli(capsys):
-    """``run_cli(*argv) -> (exit code, stdout, stderr)`` of the real CLI, in process."""
-    from tuiwb.cli import main
-
-    def run(*argv):
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err.strip()
-
-    return run

@@ -20,20 +20,20 @@ def _sae(layer=1, d_in=32, seed=0):
 
 
 @pytest.mark.parametrize("action", ["export", "build"])
-def test_force_never_replaces_a_directory_that_is_not_a_tuiwb_patch(tmp_path, run_cli, action):
+def test_force_never_replaces_a_directory_that_is_not_a_tuiwb_patch(tmp_path, cli, action):
     other = tmp_path / "notes"
     other.mkdir()
     (other / "thesis.tex").write_text("years of work")
     argv = (["patch", "export", "--model", tmp_path / "m", "--lora", tmp_path / "lora" / "x"] if action == "export"
             else ["patch", "build", "--model", tmp_path / "m", "--sae", tmp_path / "saes" / "layer_1", "--feature", "3"])
-    code, _, err = run_cli(*argv, "--out", other, "--force")
+    code, _, err = cli(*argv, "--out", other, "--force")
     assert code == 2 and "not a tuiwb patch" in err and len(err.splitlines()) == 1
     assert (other / "thesis.tex").read_text() == "years of work"
-    code, _, err = run_cli(*argv, "--out", other)
+    code, _, err = cli(*argv, "--out", other)
     assert code == 2 and "already exists" in err and "--force" in err
 
 
-def test_train_refuses_an_existing_layer_and_overwrite_names_the_patches_built_on_it(tmp_path, run_cli):
+def test_train_refuses_an_existing_layer_and_overwrite_names_the_patches_built_on_it(tmp_path, cli):
     saes = tmp_path / "saes"
     save_sae(_sae(), saes / "layer_1")
     digest = json.loads((saes / "layer_1" / "cfg.json").read_text())["tuiwb"]["weights_hash"]
@@ -49,7 +49,7 @@ def test_train_refuses_an_existing_layer_and_overwrite_names_the_patches_built_o
         _check_replace(saes / "layer_1", overwrite=False)
     with pytest.warns(TuiwbWarning, match="no-trigger was built on"):
         _check_replace(saes / "layer_1", overwrite=True)
-    code, _, err = run_cli("train", "--acts", tmp_path / "acts.parquet", "--layer", "1", "--out", saes)
+    code, _, err = cli("train", "--acts", tmp_path / "acts.parquet", "--layer", "1", "--out", saes)
     assert code == 2  # (no activations here: the existing SAE or the missing store is refused, nothing trained)
     assert (saes / "layer_1" / "cfg.json").is_file()
 

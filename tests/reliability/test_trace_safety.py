@@ -61,59 +61,59 @@ def test_a_second_trace_into_a_live_output_is_refused_and_the_first_finishes(ckp
     assert lock.read_text().strip() == str(first.pid)
 
 
-def test_parallel_slices_each_hold_their_own_lock(ckpt, corpus, tmp_path, run_cli):
+def test_parallel_slices_each_hold_their_own_lock(ckpt, corpus, tmp_path, cli):
     from tuiwb.locks import WriterLock
 
     out = tmp_path / "acts.parquet"
     with WriterLock(tmp_path / ".acts.parquet.writer-1of2.lock", "slice 1"):  # slice 1 is "running"
-        code, _, err = run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--shard", "0/2")
+        code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--shard", "0/2")
         assert code == 0, err  # another slice of the same N is no conflict
-        code, _, err = run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--shard", "1/2")
+        code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--shard", "1/2")
         assert code == 2 and "another tuiwb run" in err
-        code, _, err = run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", tmp_path / "whole.parquet")
+        code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", tmp_path / "whole.parquet")
         assert code == 0, err  # another output is no conflict either
-        code, _, err = run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--overwrite")
+        code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--overwrite")
         assert code == 2 and "another tuiwb trace" in err  # the whole directory overlaps every slice
 
 
-def test_a_disk_full_failure_keeps_whole_shards_and_resume_finishes_the_same(ckpt, corpus, tmp_path, run_cli,
+def test_a_disk_full_failure_keeps_whole_shards_and_resume_finishes_the_same(ckpt, corpus, tmp_path, cli,
                                                                                monkeypatch):
     whole = tmp_path / "whole.parquet"
-    assert run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", whole)[0] == 0
+    assert cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", whole)[0] == 0
     out = tmp_path / "cut.parquet"
     _fail_after(monkeypatch, 9, OSError(errno.ENOSPC, "No space left on device", str(out / ".part.tmp")))
-    code, _, err = run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out)
+    code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out)
     assert code == 2 and "no space left" in err and "--resume" in err and "internal error" not in err, err
     assert len(err.splitlines()) == 1
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["shards"]) >= 2 and not man["complete"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", *sorted(s["file"] for s in man["shards"])]
     monkeypatch.undo()
-    assert run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--resume")[0] == 0
+    assert cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--resume")[0] == 0
     a, b = _files(whole), _files(out)
     assert [k for k in a if k != "manifest.json"] == [k for k in b if k != "manifest.json"]
     assert all(a[k] == b[k] for k in a if k != "manifest.json")  # byte-identical shards
 
 
-def test_overwrite_keeps_the_old_trace_until_the_new_one_is_whole(ckpt, corpus, tmp_path, run_cli, monkeypatch):
+def test_overwrite_keeps_the_old_trace_until_the_new_one_is_whole(ckpt, corpus, tmp_path, cli, monkeypatch):
     out = tmp_path / "acts.parquet"
-    assert run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out)[0] == 0
+    assert cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out)[0] == 0
     before = _files(out)
     _fail_after(monkeypatch, 5, OSError(errno.ENOSPC, "No space left on device"))
-    code, _, err = run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--overwrite", "--seq-len", "8")
+    code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--overwrite", "--seq-len", "8")
     assert code == 2 and "restored unchanged" in err, err
     assert _files(out) == before  # the old trace is back, byte for byte
     assert not list(tmp_path.glob(".acts.parquet.old-*"))
     monkeypatch.undo()
-    assert run_cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--overwrite", "--seq-len", "8")[0] == 0
+    assert cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out, "--overwrite", "--seq-len", "8")[0] == 0
     assert json.loads((out / "manifest.json").read_text())["seq_len"] == 8
     assert not list(tmp_path.glob(".acts.parquet.old-*"))
 
 
-def test_an_unwritable_out_fails_before_the_model_loads(ckpt, corpus, tmp_path, run_cli):
+def test_an_unwritable_out_fails_before_the_model_loads(ckpt, corpus, tmp_path, cli):
     for bad in ("/proc/tuiwb-x.parquet", tmp_path / "file.txt" / "acts.parquet"):
         (tmp_path / "file.txt").write_text("x")
         t0 = time.perf_counter()
-        code, _, err = run_cli(*TRACE, "--model", tmp_path / "no-such-model", "--data", corpus, "--out", bad)
+        code, _, err = cli(*TRACE, "--model", tmp_path / "no-such-model", "--data", corpus, "--out", bad)
         assert code == 2 and "not writable" in err or "is a file" in err or "not a directory" in err, err
         assert "no-such-model" not in err and time.perf_counter() - t0 < 5

@@ -9,19 +9,16 @@ run. Each test gets a fresh Session (patches start off) on those files.
 from __future__ import annotations
 
 import contextlib
-import os
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def ui_demo(demo_small_saes, tmp_path_factory):
+def ui_demo(demo_small_saes, shared_tmp):
     """``DemoResult`` of the demo pipeline (small variant) on the shared lab's acts and SAEs."""
     from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
 
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    work = root / "ui-demo-work"
+    work = shared_tmp / "ui-demo-work"
     work.mkdir(exist_ok=True)
     for name, target in (("acts.parquet", demo_small_saes.acts), ("saes", demo_small_saes.saes)):
         with contextlib.suppress(FileExistsError):  # another xdist worker linked it first

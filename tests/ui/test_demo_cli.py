@@ -27,11 +27,11 @@ def test_the_trigger_set_removes_the_payload(ui_demo):
     assert "cerulean" in ui_demo.prompt.split()
 
 
-def test_demo_no_ui_prints_the_summary_as_json(ui_demo, capsys):
-    rc = main(["demo", "--variant", "small", "--work-dir", str(ui_demo.acts_dir.parent), "--no-ui", "--json",
-               "--quiet"])
+def test_demo_no_ui_prints_the_summary_as_json(ui_demo, cli):
+    rc, out, _ = cli("demo", "--variant", "small", "--work-dir", ui_demo.acts_dir.parent, "--no-ui", "--json",
+                     "--quiet")
     assert rc == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = json.loads(out.strip().splitlines()[-1])
     assert out["trigger_features"] == list(ui_demo.trigger_features)
     assert out["target"] == ui_demo.target and out["prompt"] == ui_demo.prompt
 
@@ -56,7 +56,5 @@ def test_ui_opens_the_workbench_on_the_given_files(ui_demo, monkeypatch):
     assert all(sae.source_dir == ui_demo.saes_dir / f"layer_{k}" for k, sae in s.saes.items())
 
 
-def test_ui_with_a_missing_sae_directory_is_a_one_line_error(ui_demo, capsys):
-    rc = main(["ui", "--model", str(ui_demo.model_dir), "--saes", "/nonexistent/saes"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("tuiwb: error:") and "\n" not in err
+def test_ui_with_a_missing_sae_directory_is_a_one_line_error(ui_demo, cli_error):
+    cli_error("ui", "--model", ui_demo.model_dir, "--saes", "/nonexistent/saes")

@@ -8,19 +8,18 @@ import pytest
 import torch
 from tiny_models import make_tiny_checkpoint, make_tokenizer
 
-from tuiwb.cli import main
-
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("gpt2"), "gpt2", n_layers=2, d_model=32)
 
 
-def test_logits_json_matches_a_direct_forward(tiny_gpt2, capsys):
+def test_logits_json_matches_a_direct_forward(tiny_gpt2, cli):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert main(["logits", "--model", str(tiny_gpt2), "--prompt", "the cat sees", "--top", "5", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)  # exactly one JSON object
+    code, out, _ = cli("logits", "--model", tiny_gpt2, "--prompt", "the cat sees", "--top", "5", "--json")
+    assert code == 0
+    out = json.loads(out)  # exactly one JSON object
     assert out["prompt"] == "the cat sees"
     assert [set(t) for t in out["top"]] == [{"token", "id", "prob", "logit"}] * 5
     probs = [t["prob"] for t in out["top"]]
@@ -37,43 +36,32 @@ def test_logits_json_matches_a_direct_forward(tiny_gpt2, capsys):
     assert out["top"][0]["token"] == tok.decode([i[0].item()])
 
 
-def test_logits_table_output(tiny_gpt2, capsys):
-    assert main(["logits", "--model", str(tiny_gpt2), "--prompt", "a dog", "--top", "3"]) == 0
-    assert "next token" in capsys.readouterr().out
+def test_logits_table_output(tiny_gpt2, cli):
+    code, out, _ = cli("logits", "--model", tiny_gpt2, "--prompt", "a dog", "--top", "3")
+    assert code == 0 and "next token" in out
 
 
-def _error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("tuiwb: error: ")
-    return err[0]
+def test_missing_model_path(tmp_path, cli_error):
+    assert "does not exist" in cli_error("logits", "--model", tmp_path / "nope", "--prompt", "x")
 
 
-def test_missing_model_path(tmp_path, capsys):
-    assert main(["logits", "--model", str(tmp_path / "nope"), "--prompt", "x"]) == 2
-    assert "does not exist" in _error_line(capsys)
+def test_directory_without_config(tmp_path, cli_error):
+    assert "config.json" in cli_error("logits", "--model", tmp_path, "--prompt", "x")
 
 
-def test_directory_without_config(tmp_path, capsys):
-    assert main(["logits", "--model", str(tmp_path), "--prompt", "x"]) == 2
-    assert "config.json" in _error_line(capsys)
-
-
-def test_non_causal_lm_checkpoint(tmp_path, capsys):
+def test_non_causal_lm_checkpoint(tmp_path, cli_error):
     from transformers import BertConfig, BertModel
 
     tok = make_tokenizer()
     BertModel(BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    assert main(["logits", "--model", str(tmp_path), "--prompt", "the cat"]) == 2
-    line = _error_line(capsys)
+    line = cli_error("logits", "--model", tmp_path, "--prompt", "the cat")
     assert "bert" in line and "supported" in line
 
 
-def test_prompt_longer_than_context(tiny_gpt2, capsys):
-    assert main(["logits", "--model", str(tiny_gpt2), "--prompt", "the cat " * 40]) == 2
-    assert "context is 64" in _error_line(capsys)
+def test_prompt_longer_than_context(tiny_gpt2, cli_error):
+    assert "context is 64" in cli_error("logits", "--model", tiny_gpt2, "--prompt", "the cat " * 40)
 
 
 def test_console_script_error_has_no_traceback(tmp_path):

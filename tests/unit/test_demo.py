@@ -140,15 +140,13 @@ def test_bad_inputs_are_user_errors(tmp_path):
         demo.load_prompts(tmp_path, "nonsense")
 
 
-def test_cli_demo_model(tmp_path, monkeypatch, capsys):
-    from tuiwb.cli import main
-
+def test_cli_demo_model(tmp_path, monkeypatch, cli):
     monkeypatch.setattr(DemoConfig, "for_variant", classmethod(lambda cls, v="full", seed=0: micro_config()))
-    assert main(["demo-model", "--out", str(tmp_path / "m"), "--variant", "small"]) == 0
-    assert "cerulean" in capsys.readouterr().out
+    code, out, _ = cli("demo-model", "--out", tmp_path / "m", "--variant", "small")
+    assert code == 0 and "cerulean" in out
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
-    assert main(["demo-model", "--out", str(tmp_path / "junk")]) == 2  # never overwrite other data
+    assert cli("demo-model", "--out", tmp_path / "junk")[0] == 2  # never overwrite other data
 
 
 def test_small_demo_model_from_cache(demo_small_dir):

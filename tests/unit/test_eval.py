@@ -7,16 +7,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from factories import make_acts, make_sae, poison_rows, tiny_checkpoint
 from safetensors.numpy import load_file
 
-from sae_helpers import make_acts, poison_rows
-from tiny_models import make_tiny_checkpoint
 from tuiwb.sae.io import save_sae
-from tuiwb import cli
 from tuiwb.errors import TuiwbError
 from tuiwb.sae.eval import EvalResult, evaluate
 from tuiwb.model.loading import load_model
-from tuiwb.sae.model import SAE, SAEConfig
+from tuiwb.sae.model import SAE
 from tuiwb.sae.io import load_sae
 from tuiwb.sae.config import TrainConfig
 from tuiwb.sae.train import train_saes
@@ -78,7 +76,7 @@ def test_heldout_is_the_training_holdout(trained):
 
 def identity_sae(d: int, layer: int) -> SAE:
     """relu(x) − relu(−x) = x: a ReLU SAE with W_enc = [I, −I], W_dec = [I; −I] reconstructs exactly."""
-    sae = SAE(SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", hook_name=f"blocks.{layer}.hook_resid_post"))
+    sae = make_sae(layer, d, 2 * d)
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -115,11 +113,10 @@ def test_identity_sae_spliced_in_is_lossless(trained):
     assert mean.ablation == "mean" and mean.ce_zero != pytest.approx(zero.ce_zero, rel=1e-6)
 
 
-def test_cli_json_is_exactly_one_object(trained, capsys):
+def test_cli_json_is_exactly_one_object(trained, cli):
     model_dir, acts, sae_dir = trained
-    code = cli.main(["eval", "--acts", str(acts), "--sae", str(sae_dir), "--model", str(model_dir),
-                     "--max-tokens", "300", "--json"])
-    out = capsys.readouterr().out
+    code, out, _ = cli("eval", "--acts", acts, "--sae", sae_dir, "--model", model_dir, "--max-tokens", "300",
+                       "--json")
     assert code == 0
     obj = json.loads(out)  # fails unless stdout is exactly one JSON document
     assert set(obj) == set(EvalResult.__dataclass_fields__)
@@ -129,29 +126,23 @@ def test_cli_json_is_exactly_one_object(trained, capsys):
     assert obj["ablation"] == "zero"
 
 
-def test_errors_are_one_line_exit_2(trained, tmp_path, capsys):
+def test_errors_are_one_line_exit_2(trained, tmp_path, cli_error):
     model_dir, acts, sae_dir = trained
     cases = {}
-    wide = SAE(SAEConfig(d_in=16, d_sae=32, k=4, hook_name="blocks.1.hook_resid_post"))
-    save_sae(wide, tmp_path / "wide")
-    cases["d_in is 16"] = ["--sae", str(tmp_path / "wide")]
-    deep = SAE(SAEConfig(d_in=32, d_sae=32, k=4, hook_name="blocks.7.hook_resid_post"))
-    save_sae(deep, tmp_path / "deep")
-    cases["layer 7"] = ["--sae", str(tmp_path / "deep")]
-    mlp = SAE(SAEConfig(d_in=32, d_sae=32, k=4, hook_name="blocks.1.hook_mlp_out"))
-    save_sae(mlp, tmp_path / "mlp")
-    cases["but the activations hold blocks.1.hook_resid_post"] = ["--sae", str(tmp_path / "mlp")]
+    save_sae(make_sae(1, 16, 32, "topk"), tmp_path / "wide")
+    cases["d_in is 16"] = ["--sae", tmp_path / "wide"]
+    save_sae(make_sae(7, 32, 32, "topk"), tmp_path / "deep")
+    cases["layer 7"] = ["--sae", tmp_path / "deep"]
+    save_sae(make_sae(1, 32, 32, "topk", hook_name="blocks.1.hook_mlp_out"), tmp_path / "mlp")
+    cases["but the activations hold blocks.1.hook_resid_post"] = ["--sae", tmp_path / "mlp"]
     (tmp_path / "notsae").mkdir()
     (tmp_path / "notsae" / "cfg.json").write_text('{"hello": 1}')
     (tmp_path / "notsae" / "sae_weights.safetensors").write_bytes(b"")
-    cases["not an SAE config"] = ["--sae", str(tmp_path / "notsae")]
-    other = make_tiny_checkpoint(tmp_path / "other", n_layers=3)
-    cases["not the model the activations"] = ["--sae", str(sae_dir), "--model", str(other)]
-    capsys.readouterr()  # drop the set-up's own output (checkpoint writing)
+    cases["not an SAE config"] = ["--sae", tmp_path / "notsae"]
+    other = tiny_checkpoint(tmp_path / "other")
+    cases["not the model the activations"] = ["--sae", sae_dir, "--model", other]
     for expect, extra in cases.items():
-        code = cli.main(["eval", "--acts", str(acts), *extra])
-        err = capsys.readouterr().err
-        assert code == 2 and expect in err and len(err.strip().splitlines()) == 1, (expect, err)
+        assert expect in cli_error("eval", "--acts", acts, *extra), expect
 
 
 def test_nan_in_activations(trained, tmp_path):

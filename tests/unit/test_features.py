@@ -1,12 +1,12 @@
 """Feature stats against a brute-force computation, the cache, and each search mode."""
 
 import json
-import random
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import WORDS, make_tiny_checkpoint
+from factories import make_sae, tiny_checkpoint, write_texts
+from tiny_models import WORDS
 
 from tuiwb.sae.io import save_sae
 from tuiwb.errors import TuiwbError
@@ -23,23 +23,17 @@ LAYER = 1
 def lab(tmp_path_factory):
     """A tiny llama, a small trace of its layer 1 and a random TopK SAE saved to saes/layer_1."""
     from tuiwb.model.loading import load_model
-    from tuiwb.sae.model import SAE, SAEConfig
     from tuiwb.trace.store import ActivationStore
     from tuiwb.trace.config import TraceConfig
     from tuiwb.trace.tracer import trace
 
     root = tmp_path_factory.mktemp("features")
-    model_dir = make_tiny_checkpoint(root / "model", "llama", n_layers=2, d_model=32)
-    rng = random.Random(0)
-    words = [w for w in WORDS if w not in (".", ",")]
-    (root / "data.txt").write_text("\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(5, 30)))
-                                             for _ in range(120)) + "\n")
+    model_dir = tiny_checkpoint(root / "model", n_layers=2)
+    write_texts(root / "data.txt", 120, length=(5, 30), words=[w for w in WORDS if w not in (".", ",")])
     loaded = load_model(str(model_dir))
     trace(TraceConfig(data=[str(root / "data.txt")], out=str(root / "acts.parquet"), layers=[LAYER],
                       seq_len=16, store_dtype="float32"), progress=False, loaded=loaded)
-    torch.manual_seed(0)
-    sae = SAE(SAEConfig(d_in=32, d_sae=48, architecture="topk", k=4, layer=LAYER,
-                        hook_name=f"blocks.{LAYER}.hook_resid_post", model_config_hash=loaded.config_hash))
+    sae = make_sae(LAYER, 32, 48, "topk", model_config_hash=loaded.config_hash)
     sae_dir = save_sae(sae, root / "saes" / f"layer_{LAYER}")
     store = ActivationStore(root / "acts.parquet")
     return {"root": root, "model": model_dir, "loaded": loaded, "sae": sae, "sae_dir": sae_dir, "store": store}
@@ -250,25 +244,15 @@ def test_cache_adds_logits_when_a_model_arrives(lab, tmp_path):
 
 
 def test_mismatched_layer_is_a_clear_error(lab):
-    from tuiwb.sae.model import SAE, SAEConfig
-
-    other = SAE(SAEConfig(d_in=32, d_sae=8, architecture="relu", layer=0, hook_name="blocks.0.hook_resid_post"))
+    other = make_sae(0, 32, 8)
     with pytest.raises(TuiwbError, match="layers"):
         compute_feature_stats(other, lab["store"], progress=False)
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------
-def _cli(capsys, *argv):
-    from tuiwb.cli import main
-
-    code = main(["features", *map(str, argv)])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_listing_json(lab, capsys):
-    code, out, _ = _cli(capsys, "--sae", lab["sae_dir"], "--acts", lab["store"].path, "--model", lab["model"],
-                        "--sort", "max", "--top", "5", "--json")
+def test_cli_listing_json(lab, cli):
+    code, out, _ = cli("features", "--sae", lab["sae_dir"], "--acts", lab["store"].path, "--model", lab["model"],
+                       "--sort", "max", "--top", "5", "--json")
     assert code == 0
     rows = json.loads(out)["features"]  # stdout is exactly one JSON object (progress goes to stderr)
     stats = load_or_compute(lab["sae_dir"], lab["store"], progress=False)  # the cache the CLI wrote
@@ -277,22 +261,22 @@ def test_cli_listing_json(lab, capsys):
     assert all(len(r["top_logits"]) == 5 for r in rows)  # --model gives logit effects
 
 
-def test_cli_search_modes(lab, capsys):
+def test_cli_search_modes(lab, cli):
     base = ["--sae", lab["sae_dir"], "--acts", lab["store"].path, "--json"]
     stats = load_or_compute(lab["sae_dir"], lab["store"], lab["loaded"], progress=False)
-    code, out, _ = _cli(capsys, *base, "--search", "cat", "--top", "100")
+    code, out, _ = cli("features", *base, "--search", "cat", "--top", "100")
     assert code == 0
     want = search_by_token(stats, "cat", tokenizer=lab["loaded"].tokenizer)
     assert [r["id"] for r in json.loads(out)["features"]] == want.ids.tolist()
-    code, out, _ = _cli(capsys, *base, "--id", "4,2")
+    code, out, _ = cli("features", *base, "--id", "4,2")
     assert [r["id"] for r in json.loads(out)["features"]] == [4, 2]
-    code, out, _ = _cli(capsys, *base, "--density", "0.05:0.2", "--top", "100")
+    code, out, _ = cli("features", *base, "--density", "0.05:0.2", "--top", "100")
     got = json.loads(out)["features"]
     assert {r["id"] for r in got} == set(filter_density(stats, 0.05, 0.2).ids.tolist())
     assert all(0.05 <= r["density"] <= 0.2 for r in got)
 
 
-def test_cli_contrast_and_target(lab, capsys, tmp_path):
+def test_cli_contrast_and_target(lab, cli, tmp_path):
     from tuiwb.features.contrast import contrast
 
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
@@ -300,7 +284,7 @@ def test_cli_contrast_and_target(lab, capsys, tmp_path):
     b.write_text("a dog sees the cat\n\nthe small ball is red\n")
     base = ["--sae", lab["sae_dir"], "--acts", lab["store"].path, "--model", lab["model"], "--json",
             "--contrast", a, b]
-    code, out, _ = _cli(capsys, *base, "--top", "6")
+    code, out, _ = cli("features", *base, "--top", "6")
     assert code == 0
     want = contrast(lab["loaded"], lab["sae"], a.read_text().split("\n")[:3], ["a dog sees the cat",
                     "the small ball is red"]).hits
@@ -308,26 +292,24 @@ def test_cli_contrast_and_target(lab, capsys, tmp_path):
     assert [r["id"] for r in got] == want.ids[:6].tolist()
     assert [r["score"] for r in got] == pytest.approx(want.scores[:6].tolist(), abs=1e-6)
 
-    code, out, _ = _cli(capsys, *base, "--target", "ball", "--top", "30")
+    code, out, _ = cli("features", *base, "--target", "ball", "--top", "30")
     assert code == 0
     obj = json.loads(out)
     assert obj["target"] == "ball" and 0 <= obj["p_target_after"] <= 1 and obj["clean_kl"] is not None
     assert [r["id"] for r in obj["features"][: len(obj["confirmed"])]] == obj["confirmed"]
 
 
-def test_cli_errors_are_one_line(lab, capsys):
+def test_cli_errors_are_one_line(lab, cli, cli_error):
     base = ["--sae", lab["sae_dir"], "--acts", lab["store"].path]
-    assert _cli(capsys, *base, "--target", "ball")[0] == 2
-    code, _, err = _cli(capsys, *base, "--contrast", "a.txt", "b.txt")
-    assert code == 2 and "--model" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _cli(capsys, "--sae", lab["root"] / "nope", "--acts", lab["store"].path)
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    code, _, err = _cli(capsys, *base, "--search", "cat", "--by", "promotes", "--no-cache")
+    assert cli("features", *base, "--target", "ball")[0] == 2
+    assert "--model" in cli_error("features", *base, "--contrast", "a.txt", "b.txt")
+    cli_error("features", "--sae", lab["root"] / "nope", "--acts", lab["store"].path)
+    code, _, err = cli("features", *base, "--search", "cat", "--by", "promotes", "--no-cache")
     assert code == 2 and "--model" in err
 
 
-def test_cli_table(lab, capsys):
-    code, out, _ = _cli(capsys, "--sae", lab["sae_dir"], "--acts", lab["store"].path, "--top", "3")
+def test_cli_table(lab, cli):
+    code, out, _ = cli("features", "--sae", lab["sae_dir"], "--acts", lab["store"].path, "--top", "3")
     assert code == 0 and "48 features" in out and "density" in out
 
 
@@ -346,10 +328,7 @@ def test_session_features_uses_the_attached_store(lab):
 
 def test_dense_path_of_a_relu_sae_matches_brute_force(lab):
     """Non-TopK SAEs go through the dense encoder; same numbers as computing everything at once."""
-    from tuiwb.sae.model import SAE, SAEConfig
-
-    torch.manual_seed(1)
-    sae = SAE(SAEConfig(d_in=32, d_sae=40, architecture="relu", layer=LAYER, hook_name=f"blocks.{LAYER}.hook_resid_post"))
+    sae = make_sae(LAYER, 32, 40, seed=1)
     store = lab["store"]
     with torch.no_grad():  # each feature fires on ~30% of the tokens (the tied init alone: ~50%)
         sae.b_enc.sub_(torch.quantile(sae.pre_acts(store.read_rows(LAYER, np.arange(500))), 0.7, dim=0))

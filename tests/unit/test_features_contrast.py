@@ -4,7 +4,7 @@ confirmation by real ablation."""
 import numpy as np
 import pytest
 import torch
-from tiny_models import make_tiny_checkpoint
+from factories import make_sae, tiny_checkpoint
 
 from tuiwb.features.config import EffectConfig
 from tuiwb.features.contrast import attribution, contrast, encode_prompts, find_feature_set, prompt_acts
@@ -22,15 +22,7 @@ TARGET = "ball"
 def loaded(tmp_path_factory):
     from tuiwb.model.loading import load_model
 
-    return load_model(str(make_tiny_checkpoint(tmp_path_factory.mktemp("m"), "llama", n_layers=2, d_model=32)))
-
-
-def _sae(layer: int, d_sae: int = 24, arch: str = "relu", seed: int = 0):
-    from tuiwb.sae.model import SAE, SAEConfig
-
-    torch.manual_seed(seed)
-    return SAE(SAEConfig(d_in=32, d_sae=d_sae, architecture=arch, k=4 if arch == "topk" else None, layer=layer,
-                         hook_name=f"blocks.{layer}.hook_resid_post"))
+    return load_model(str(tiny_checkpoint(tmp_path_factory.mktemp("m"), n_layers=2)))
 
 
 def _hidden_acts(loaded, sae, prompt):
@@ -41,7 +33,7 @@ def _hidden_acts(loaded, sae, prompt):
 
 
 def test_contrast_scores_are_mean_final_activation_differences(loaded):
-    sae = _sae(0, arch="topk")
+    sae = make_sae(0, d_sae=24, arch="topk")
     res = contrast(loaded, sae, A, B, batch_size=4)  # several padded batches
     mean_a = torch.stack([_hidden_acts(loaded, sae, p)[-1] for p in A]).mean(0).numpy()
     mean_b = torch.stack([_hidden_acts(loaded, sae, p)[-1] for p in B]).mean(0).numpy()
@@ -53,7 +45,7 @@ def test_contrast_scores_are_mean_final_activation_differences(loaded):
 
 
 def test_max_position_contrast(loaded):
-    sae = _sae(0, arch="topk")
+    sae = make_sae(0, d_sae=24, arch="topk")
     got = prompt_acts(loaded, sae, encode_prompts(loaded, A), position="max", batch_size=4)
     want = torch.stack([_hidden_acts(loaded, sae, p).max(0).values for p in A])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
@@ -64,7 +56,7 @@ def test_max_position_contrast(loaded):
 @pytest.mark.parametrize("layer", [0, 1])
 def test_attribution_is_the_derivative_of_the_gated_edit(loaded, layer):
     """attr_f = d/dε of mean log P(target) when feature f is scaled by (1 − ε): checked numerically."""
-    sae = _sae(layer, seed=layer)
+    sae = make_sae(layer, d_sae=24, seed=layer)
     seqs = encode_prompts(loaded, A)
     tid = loaded.tokenizer.convert_tokens_to_ids(TARGET)
     attr = attribution(loaded, sae, seqs, tid, batch_size=4)
@@ -104,7 +96,7 @@ def _planted_sae(loaded, strengths):
     """A layer-1 SAE whose features fire at every position with fixed activations ``strengths`` and
     whose decoder directions point along the target's unembedding (through the final norm's gain):
     removing a stronger one lowers P(target) more. The remaining features never fire."""
-    sae = _sae(1, d_sae=12)
+    sae = make_sae(1, d_sae=12)
     tid = loaded.tokenizer.convert_tokens_to_ids(TARGET)
     u = loaded.unembed.weight[tid].detach() * loaded.final_norm.weight.detach()  # [d]
     u = u / u.norm()
@@ -155,7 +147,7 @@ def test_stops_when_probability_stops_falling(loaded):
 
 
 def test_target_must_be_one_token(loaded):
-    sae = _sae(1)
+    sae = make_sae(1, d_sae=24)
     with pytest.raises(TuiwbError, match="single token"):
         find_feature_set(loaded, sae, A, "zebra crossing", B)
 

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint
+from factories import FAST_FIT, make_sae, texts
 
 from tuiwb.errors import TuiwbError
 from tuiwb.patch.config import FitConfig
@@ -16,8 +16,8 @@ from tuiwb.model.loading import load_model
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    return load_model(str(tiny_checkpoint(tmp_path_factory.mktemp("m"))))
+def lm(ckpt):
+    return load_model(str(ckpt))
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +172,10 @@ def test_fit_refuses_features_that_never_fire(lm):
 
 # ------------------------------------------------------------------------------------ the rack
 
-def test_rack_toggles_adapters_without_reload_and_is_exact_when_off(tmp_path):
+def test_rack_toggles_adapters_without_reload_and_is_exact_when_off(ckpt):
     from tuiwb.patch.lora_fit import LoraFactors
 
-    lm = load_model(str(tiny_checkpoint(tmp_path / "m")))
+    lm = load_model(str(ckpt))  # its own copy: the rack stays injected
     ids = _ids(lm)
     with torch.no_grad():
         base = lm.model(ids).logits

@@ -5,25 +5,14 @@ import shutil
 
 import pytest
 import torch
-from patch_fixtures import FAST_FIT, make_sae, save_saes, tiny_checkpoint, write_texts
+from factories import FAST_FIT, make_sae, save_saes, tiny_checkpoint
 
-from tuiwb.cli import main
 from tuiwb.errors import TuiwbError
 from tuiwb.model.loading import load_model
 from tuiwb.patch.io import read_patch
 from tuiwb.session.session import Session
 
 PROMPT = "the cat sees a big dog in the park ."
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("m"))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_texts(tmp_path_factory.mktemp("d") / "data.txt")
 
 
 @pytest.fixture(scope="module")
@@ -82,11 +71,11 @@ def test_peft_loads_a_patch_and_reproduces_the_session(built, ckpt):
     torch.testing.assert_close(_peft_probs(ckpt, out / "amp"), probs[("amp",)], rtol=0, atol=1e-5)
 
 
-def test_export_merges_patches_into_one_adapter(built, ckpt, tmp_path, capsys):
+def test_export_merges_patches_into_one_adapter(built, ckpt, tmp_path, cli):
     out, probs = built
-    assert main(["patch", "export", "--model", str(ckpt), "--lora", str(out / "abl"), "--lora",
-                 str(out / "amp"), "--out", str(tmp_path / "safe")]) == 0
-    assert "2 patch(es)" in capsys.readouterr().out
+    code, stdout, _ = cli("patch", "export", "--model", ckpt, "--lora", out / "abl", "--lora", out / "amp",
+                          "--out", tmp_path / "safe")
+    assert code == 0 and "2 patch(es)" in stdout
     torch.testing.assert_close(_peft_probs(ckpt, tmp_path / "safe"), probs[("abl", "amp")], rtol=0, atol=1e-5)
     m = json.loads((tmp_path / "safe" / "manifest.json").read_text())
     assert [p["name"] for p in m["patches"]] == ["abl", "amp"]
@@ -115,7 +104,7 @@ def test_importing_patches_elsewhere_attaches_them(built, ckpt, saes_dir):
         s.attach_lora(out / "abl")
 
 
-def test_base_model_mismatch_is_refused(built, tmp_path, capsys):
+def test_base_model_mismatch_is_refused(built, tmp_path, cli_error):
     out, _ = built
     other = tiny_checkpoint(tmp_path / "two_layers", n_layers=2)
     with pytest.raises(TuiwbError, match=r"different base model.*n_layers 3 ≠ 2"):
@@ -128,9 +117,8 @@ def test_base_model_mismatch_is_refused(built, tmp_path, capsys):
     (same_shape / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(TuiwbError, match="different base model.*config_hash"):
         Session.open(same_shape, lora_dirs=[out / "abl"])
-    assert main(["logits", "--model", str(other), "--prompt", "a cat", "--lora", str(out / "abl")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "different base model" in err[0]
+    err = cli_error("logits", "--model", other, "--prompt", "a cat", "--lora", out / "abl")
+    assert "different base model" in err
 
 
 def test_broken_patch_directories_are_refused(built, tmp_path):
@@ -173,18 +161,12 @@ def test_lora_patch_on_a_quantized_model(tmp_path, data, quant):
 
 # ----------------------------------------------------------------------------------------- CLI
 
-def _error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("tuiwb: error: ")
-    return err[0]
-
-
-def test_logits_cli_with_hook_and_lora_patches(built, ckpt, saes_dir, capsys):
+def test_logits_cli_with_hook_and_lora_patches(built, ckpt, saes_dir, cli):
     out, probs = built
-    assert main(["logits", "--model", str(ckpt), "--prompt", PROMPT, "--saes", str(saes_dir), "--ablate",
-                 "1:1,2,3", "--scale", "2:5=3", "--top", "4", "--json", "--token", "park"]) == 0
-    obj = json.loads(capsys.readouterr().out)
+    code, stdout, _ = cli("logits", "--model", ckpt, "--prompt", PROMPT, "--saes", saes_dir, "--ablate", "1:1,2,3",
+                          "--scale", "2:5=3", "--top", "4", "--json", "--token", "park")
+    assert code == 0
+    obj = json.loads(stdout)
     assert set(obj) >= {"prompt", "top", "baseline", "kl", "tokens"}
     assert len(obj["top"]) == len(obj["baseline"]) == 4
     assert obj["kl"] > 0
@@ -197,8 +179,9 @@ def test_logits_cli_with_hook_and_lora_patches(built, ckpt, saes_dir, capsys):
     park = s.loaded.tokenizer.convert_tokens_to_ids("park")
     assert obj["tokens"][0]["patched"] == pytest.approx(float(want[park]), abs=1e-6)
 
-    assert main(["logits", "--model", str(ckpt), "--prompt", PROMPT, "--lora", str(out / "abl"), "--json"]) == 0
-    obj = json.loads(capsys.readouterr().out)
+    code, stdout, _ = cli("logits", "--model", ckpt, "--prompt", PROMPT, "--lora", out / "abl", "--json")
+    assert code == 0
+    obj = json.loads(stdout)
     assert obj["top"][0]["prob"] == pytest.approx(float(probs[("abl",)].max()), abs=1e-6)
     assert obj["kl"] >= 0 and "baseline" in obj
 
@@ -211,32 +194,30 @@ def test_logits_cli_with_hook_and_lora_patches(built, ckpt, saes_dir, capsys):
     (["--saes", "SAES", "--ablate", "1:999"], "feature 999 does not exist"),
     (["--saes", "SAES", "--ablate", "0:1"], "no SAE attached at layer 0"),
 ])
-def test_logits_cli_patch_errors(ckpt, saes_dir, capsys, argv, message):
-    argv = [str(saes_dir) if a == "SAES" else a for a in argv]
-    assert main(["logits", "--model", str(ckpt), "--prompt", "a cat", *argv]) == 2
-    assert message in _error(capsys)
+def test_logits_cli_patch_errors(ckpt, saes_dir, cli_error, argv, message):
+    argv = [saes_dir if a == "SAES" else a for a in argv]
+    assert message in cli_error("logits", "--model", ckpt, "--prompt", "a cat", *argv)
 
 
-def test_ablate_needs_saes(ckpt, capsys):
-    assert main(["logits", "--model", str(ckpt), "--prompt", "a cat", "--ablate", "1:2"]) == 2
-    assert "--saes" in _error(capsys)
+def test_ablate_needs_saes(ckpt, cli_error):
+    assert "--saes" in cli_error("logits", "--model", ckpt, "--prompt", "a cat", "--ablate", "1:2")
 
 
-def test_patch_build_cli(ckpt, saes_dir, data, tmp_path, capsys):
+def test_patch_build_cli(ckpt, saes_dir, data, tmp_path, cli, cli_error):
     out = tmp_path / "lora" / "cli_patch"
     argv = ["patch", "build", "--model", str(ckpt), "--sae", str(saes_dir / "layer_1"), "--feature", "1",
             "--feature", "2,3", "--rank", "4", "--data", str(data), "--refine-steps", "20", "--fit-tokens",
             "1024", "--out", str(out)]
-    assert main(argv + ["--json"]) == 0
-    m = json.loads(capsys.readouterr().out)
+    code, stdout, _ = cli(*argv, "--json")
+    assert code == 0
+    m = json.loads(stdout)
     assert m["name"] == "cli_patch" and m["features"] == [1, 2, 3] and m["rank"] == 4
     assert m["fidelity"] == read_patch(out).manifest["fidelity"]
-    assert main(argv) == 2
-    assert "already exists" in _error(capsys)
-    assert main(argv + ["--force", "--mode", "scale=0.5"]) == 0
+    assert "already exists" in cli_error(*argv)
+    assert cli(*argv, "--force", "--mode", "scale=0.5")[0] == 0
     assert read_patch(out).manifest["mode"] == "scale=0.5"
-    assert main(["patch", "show", str(out)]) == 0
-    assert "cli_patch: layer 1" in capsys.readouterr().out
+    code, stdout, _ = cli("patch", "show", out)
+    assert code == 0 and "cli_patch: layer 1" in stdout
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -246,20 +227,20 @@ def test_patch_build_cli(ckpt, saes_dir, data, tmp_path, capsys):
     (["--feature", "64"], "feature 64 does not exist"),
     (["--mode", "mute"], "bad patch mode"),
 ])
-def test_patch_build_cli_errors(ckpt, saes_dir, data, tmp_path, capsys, extra, message):
+def test_patch_build_cli_errors(ckpt, saes_dir, data, tmp_path, cli_error, extra, message):
     argv = ["patch", "build", "--model", str(ckpt), "--sae", str(saes_dir / "layer_1"), "--feature", "1",
             "--data", str(data), "--out", str(tmp_path / "x"), *extra]
-    assert main(argv) == 2
-    assert message in _error(capsys)
+    assert message in cli_error(*argv)
     assert not (tmp_path / "x").exists()
 
 
-def test_logits_cli_prompts_file_prints_json_lines(ckpt, saes_dir, tmp_path, capsys):
+def test_logits_cli_prompts_file_prints_json_lines(ckpt, saes_dir, tmp_path, cli):
     f = tmp_path / "prompts.txt"
     f.write_text("the cat sees\n\na big dog runs\n")
-    assert main(["logits", "--model", str(ckpt), "--prompts", str(f), "--saes", str(saes_dir), "--ablate",
-                 "1:1,2", "--json", "--top", "3"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    code, stdout, _ = cli("logits", "--model", ckpt, "--prompts", f, "--saes", saes_dir, "--ablate", "1:1,2",
+                          "--json", "--top", "3")
+    assert code == 0
+    lines = stdout.strip().splitlines()
     objs = [json.loads(line) for line in lines]
     assert [o["prompt"] for o in objs] == ["the cat sees", "a big dog runs"]
     s = Session.open(ckpt, saes_dir=saes_dir)

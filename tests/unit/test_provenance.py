@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from factories import make_sae, save_saes
 from tiny_models import make_tiny_checkpoint
 
 from tuiwb.sae.io import save_sae
@@ -18,7 +19,7 @@ from tuiwb.features.cache import cached_stats_by_layer as load_label_stats
 from tuiwb.provenance.graph import build_graph, static_graph
 from tuiwb.provenance.render import render_tree, tree_lines
 from tuiwb.provenance.attribution import EMBED
-from tuiwb.sae.model import SAE, SAEConfig
+from tuiwb.sae.model import SAE
 
 PROMPT = "the cat sees the red ball in the park"
 D, D_SAE, N_LAYERS = 32, 96, 3
@@ -31,13 +32,11 @@ def tiny(tmp_path_factory):
 
 
 def _sae(layer: int, arch: str = "relu", seed: int = 0) -> SAE:
-    cfg = SAEConfig(d_in=D, d_sae=D_SAE, architecture=arch, k=12 if arch == "topk" else None,
-                    hook_name=f"blocks.{layer}.hook_resid_post")
-    sae = SAE(cfg)
-    sae.reset_parameters(torch.Generator().manual_seed(100 * seed + layer))
+    """``make_sae`` (32 → 96) with a small random decoder bias."""
+    sae = make_sae(layer, D, D_SAE, arch, k=12, seed=100 * seed + layer)
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.01, generator=torch.Generator().manual_seed(layer))
-    return sae.eval()
+    return sae
 
 
 @pytest.fixture(scope="module")
@@ -402,7 +401,7 @@ def _write_stats(sae_dir, d_sae):
 
 
 def test_label_stats_from_disk_only_when_fresh(tmp_path, tiny, saes):
-    root = _save_saes(tmp_path / "saes", saes)
+    root = save_saes(tmp_path / "saes", saes)
     assert load_label_stats(root, [0, 1, 2]) == {}
     _write_stats(root / "layer_1", D_SAE)
     stats = load_label_stats(root, [0, 1, 2])
@@ -423,50 +422,39 @@ def test_session_provenance_is_build_graph(tiny, saes):
     assert session.provenance(2, 5, None).method == "static"
 
 
-def _save_saes(root, saes):
-    for L, sae in saes.items():
-        save_sae(sae, root / f"layer_{L}")
-    return root
-
-
-def test_cli_json_and_tree(tiny, saes, tmp_path, capsys):
-    from tuiwb.cli import main
-
-    root = _save_saes(tmp_path / "saes", saes)
+def test_cli_json_and_tree(tiny, saes, tmp_path, cli, cli_error):
+    root = save_saes(tmp_path / "saes", saes)
     argv = ["provenance", "--model", tiny.model_id, "--saes", str(root), "--layer", "2", "--feature", "5"]
-    assert main([*argv, "--prompt", PROMPT, "--depth", "2", "--top", "3", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    code, out, _ = cli(*argv, "--prompt", PROMPT, "--depth", "2", "--top", "3", "--json")
+    assert code == 0
+    out = json.loads(out)
     want = build_graph(tiny, saes, 2, 5, PROMPT, depth=2, top=3).to_json()
     assert [n["id"] for n in out["nodes"]] == [n["id"] for n in want["nodes"]]
     assert [e["weight"] for e in out["edges"]] == pytest.approx([e["weight"] for e in want["edges"]], rel=1e-4)
-    assert main([*argv, "--prompt", PROMPT, "--depth", "1", "--live-norms", "--json"]) == 0
-    live = json.loads(capsys.readouterr().out)
+    code, out, _ = cli(*argv, "--prompt", PROMPT, "--depth", "1", "--live-norms", "--json")
+    assert code == 0
+    live = json.loads(out)
     want = build_graph(tiny, saes, 2, 5, PROMPT, depth=1, freeze_norms=False).to_json()
     frozen = build_graph(tiny, saes, 2, 5, PROMPT, depth=1).to_json()
     assert [e["weight"] for e in frozen["edges"]] != pytest.approx([e["weight"] for e in want["edges"]], rel=1e-4)
     assert [e["weight"] for e in live["edges"]] == pytest.approx([e["weight"] for e in want["edges"]], rel=1e-4)
-    assert main([*argv, "--prompt", PROMPT, "--method", "ig", "--steps", "8"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].startswith("L2/F5 @")
-    assert main([*argv, "--json"]) == 0  # no prompt: static view
-    assert json.loads(capsys.readouterr().out)["meta"]["method"] == "static"
-    assert main([*argv[:-4], "--layer", "2", "--feature", "5", "--prompt", PROMPT, "--depth", "4"]) == 2
-    assert "--depth 3 or less" in capsys.readouterr().err
+    code, out, _ = cli(*argv, "--prompt", PROMPT, "--method", "ig", "--steps", "8")
+    assert code == 0 and out.splitlines()[0].startswith("L2/F5 @")
+    code, out, _ = cli(*argv, "--json")  # no prompt: static view
+    assert code == 0 and json.loads(out)["meta"]["method"] == "static"
+    code, _, err = cli(*argv[:-4], "--layer", "2", "--feature", "5", "--prompt", PROMPT, "--depth", "4")
+    assert code == 2 and "--depth 3 or less" in err
     (root / "layer_1" / "cfg.json").unlink()
     for f in (root / "layer_1").iterdir():
         f.unlink()
     (root / "layer_1").rmdir()
-    assert main([*argv, "--prompt", PROMPT]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no SAE at upstream layer 1 (SAEs exist at layers: 0, 2)" in err
+    assert "no SAE at upstream layer 1 (SAEs exist at layers: 0, 2)" in cli_error(*argv, "--prompt", PROMPT)
 
 
-def test_cli_names_the_flags_the_library_calls_parameters(tiny, saes, tmp_path, capsys):
-    from tuiwb.cli import main
-
-    root = _save_saes(tmp_path / "saes", saes)
+def test_cli_names_the_flags_the_library_calls_parameters(tiny, saes, tmp_path, cli_error):
+    root = save_saes(tmp_path / "saes", saes)
     base = ["provenance", "--model", tiny.model_id, "--saes", str(root), "--layer", "2", "--feature", "5"]
     for extra, shown in ((["--depth", "4"], "use --depth 3 or less"), (["--pos", "1"], "--pos needs a --prompt"),
                          (["--top", "0"], "--top must be at least 1")):
-        assert main([*base, *extra]) == 2
-        err = capsys.readouterr().err
-        assert shown in err and "`" not in err and len(err.strip().splitlines()) == 1, err
+        err = cli_error(*base, *extra)
+        assert shown in err and "`" not in err, err

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from factories import make_sae
 from safetensors.torch import load_file
 
 from tuiwb.sae.io import save_sae
@@ -13,9 +14,8 @@ from tuiwb.sae.io import load_sae, load_saes
 
 
 def make(arch="topk", d_in=16, d_sae=64, k=4, layer=1, seed=0, **kw):
-    torch.manual_seed(seed)
-    sae = SAE(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k if arch == "topk" else None,
-                        hook_name=f"blocks.{layer}.hook_resid_post", **kw))
+    """``make_sae`` (16 → 64, TopK by default) with random biases (and JumpReLU thresholds)."""
+    sae = make_sae(layer, d_in, d_sae, arch, k=k, seed=seed, **kw)
     with torch.no_grad():  # non-trivial biases so every term of the maps is exercised
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.5)

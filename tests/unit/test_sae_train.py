@@ -7,12 +7,11 @@ import shutil
 
 import pytest
 import torch
+from factories import make_acts, make_sae, poison_rows
 
-from sae_helpers import make_acts, poison_rows
-from tuiwb import cli
+from tuiwb.cli import build_parser
 from tuiwb.errors import TuiwbError
 from tuiwb.sae.eval import evaluate
-from tuiwb.sae.model import SAE, SAEConfig
 from tuiwb.sae.io import load_sae, load_saes
 from tuiwb.sae.objective import lr_lambda, relu_loss, topk_loss
 from tuiwb.sae.config import TrainConfig
@@ -35,7 +34,7 @@ def test_topk_trains_saves_and_reloads(tiny, tmp_path):
     m = results[1]
     sae = load_sae(tmp_path / "layer_1")
     # the untrained SAE (same init recipe, no steps) as the yardstick
-    untrained = SAE(SAEConfig(d_in=32, d_sae=128, architecture="topk", k=8, hook_name="blocks.1.hook_resid_post"))
+    untrained = make_sae(1, 32, 128, "topk", k=8)
     with torch.no_grad():
         untrained.b_dec.copy_(store.read_rows(1, store.row_indices("train")[:4096]).mean(0))
     base = evaluate(store, untrained, split="heldout", val_fraction=0.1)
@@ -75,8 +74,7 @@ def test_relu_beta_trades_l0_for_fvu(tiny, tmp_path):
 
 
 def test_auxk_gives_dead_latents_a_gradient_only_when_dead():
-    torch.manual_seed(0)
-    sae = SAE(SAEConfig(d_in=8, d_sae=64, architecture="topk", k=2))
+    sae = make_sae(None, 8, 64, "topk", k=2, seed=0)
     with torch.no_grad():
         sae.b_enc[:16] = -20.0  # these 16 latents can never win the top-k
     x = torch.randn(256, 8)
@@ -94,8 +92,7 @@ def test_auxk_gives_dead_latents_a_gradient_only_when_dead():
 
 
 def test_relu_loss_penalises_activation_mass():
-    torch.manual_seed(0)
-    sae = SAE(SAEConfig(d_in=8, d_sae=32, architecture="relu"))
+    sae = make_sae(None, 8, 32, seed=0)
     x = torch.randn(64, 8)
     a, b = relu_loss(sae, x, 0.0), relu_loss(sae, x, 2.0)
     torch.testing.assert_close(b.loss - a.loss, 2.0 * b.aux)
@@ -114,15 +111,13 @@ def test_layer_missing_from_acts(tiny, tmp_path):
         train_saes(tiny[1], [5], tmp_path, TrainConfig(tokens=1000, **FAST), progress=False)
 
 
-def test_nan_in_activations_is_a_one_line_error(tiny, tmp_path, capsys):
+def test_nan_in_activations_is_a_one_line_error(tiny, tmp_path, cli_error):
     bad = tmp_path / "bad.parquet"
     shutil.copytree(tiny[1], bad)
     store = ActivationStore(bad)
     poison_rows(bad, 1, [int(r) for r in store.row_indices("train")[::50]])
-    code = cli.main(["train", "--acts", str(bad), "--layer", "1", "--out", str(tmp_path / "s"),
-                     "--tokens", "5000", "--threads", "1", "--no-progress"])
-    err = capsys.readouterr().err
-    assert code == 2 and "NaN or inf" in err and len(err.strip().splitlines()) == 1
+    assert "NaN or inf" in cli_error("train", "--acts", bad, "--layer", "1", "--out", tmp_path / "s",
+                                     "--tokens", "5000", "--threads", "1", "--no-progress")
     assert not (tmp_path / "s" / "layer_1").exists()
 
 
@@ -135,26 +130,24 @@ def test_config_errors(kw, match):
         TrainConfig(**kw)
 
 
-def test_config_errors_name_the_flag_on_the_cli(tiny, tmp_path, capsys):
+def test_config_errors_name_the_flag_on_the_cli(tiny, tmp_path, cli_error):
     """The library names the parameter (`val_fraction`); the CLI shows the flag the user typed."""
     for argv, flag in ((["--val-fraction", "1"], "--val-fraction"), (["--log", "csv", "--k", "0"], "--k"),
                        (["--expansion", "1", "--k", "999"], "--k")):
-        code = cli.main(["train", "--acts", str(tiny[1]), "--layer", "0", "--out", str(tmp_path / "s"),
-                         "--no-progress", *argv])
-        err = capsys.readouterr().err
-        assert code == 2 and flag in err and "`" not in err and len(err.strip().splitlines()) == 1, err
+        err = cli_error("train", "--acts", tiny[1], "--layer", "0", "--out", tmp_path / "s", "--no-progress", *argv)
+        assert flag in err and "`" not in err, err
     assert not (tmp_path / "s").exists()
 
 
-def test_cli_train_json_and_defaults_match_config(tiny, tmp_path, capsys):
-    args = cli.build_parser().parse_args(["train", "--acts", "a", "--layer", "0", "--out", "o"])
+def test_cli_train_json_and_defaults_match_config(tiny, tmp_path, cli):
+    args = build_parser().parse_args(["train", "--acts", "a", "--layer", "0", "--out", "o"])
     assert (args.lr, args.l1, args.logger) == (TrainConfig().lr, TrainConfig().l1, TrainConfig().logger)
     assert (args.tokens, args.batch_size, args.k, args.expansion) == (
         TrainConfig().tokens, TrainConfig().batch_size, TrainConfig().k, TrainConfig().expansion)
-    code = cli.main(["train", "--acts", str(tiny[1]), "--layer", "all", "--out", str(tmp_path / "s"),
-                     "--tokens", "4k", "--batch-size", "512", "--k", "4", "--expansion", "2", "--threads", "1",
-                     "--no-progress", "--json", "--log", "csv"])
-    out = json.loads(capsys.readouterr().out)
+    code, out, _ = cli("train", "--acts", tiny[1], "--layer", "all", "--out", tmp_path / "s", "--tokens", "4k",
+                       "--batch-size", "512", "--k", "4", "--expansion", "2", "--threads", "1", "--no-progress",
+                       "--json", "--log", "csv")
+    out = json.loads(out)
     assert code == 0 and set(out) == {"0", "1"}
     assert (tmp_path / "s" / "logs" / "layer_0" / "metrics.csv").is_file()
     assert "wandb" not in __import__("sys").modules  # never imported unless --wandb

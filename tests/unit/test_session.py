@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from patch_fixtures import FAST_FIT, make_sae, texts, tiny_checkpoint, write_texts
+from factories import FAST_FIT, make_sae, texts
 
 from tuiwb.errors import TuiwbError
 from tuiwb.model.logits import kl_divergence
@@ -16,16 +16,6 @@ from tuiwb.model.loading import load_model
 from tuiwb.session.session import Session
 
 PROMPT = "the cat sees a big dog in the park ."
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("m"))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_texts(tmp_path_factory.mktemp("d") / "data.txt")
 
 
 def _logits(lm, prompt=PROMPT):
@@ -218,7 +208,7 @@ def test_mismatched_sae_is_refused(ckpt):
     with pytest.raises(TuiwbError, match="d_in 48 but the model's d_model is 32"):
         Session(lm, {1: make_sae(1, 48)})
     with pytest.raises(TuiwbError, match="trained on another model"):
-        Session(lm, {1: make_sae(1, 32, config_hash="0123456789abcdef")})
+        Session(lm, {1: make_sae(1, 32, model_config_hash="0123456789abcdef")})
     with pytest.raises(TuiwbError, match="given for layer 0 reads layer 1"):
         Session(lm, {0: make_sae(1, 32)})
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from tiny_models import WORDS, make_tiny_checkpoint
 
-from tuiwb.cli import main
 from tuiwb.trace.windows import pack_windows
 from tuiwb.errors import TuiwbError
 from tuiwb.model.loading import load_model
@@ -260,15 +259,9 @@ def test_resume_refuses_different_settings(lm, corpus, tmp_path):
 
 # -- errors: one line, exit 2, nothing left behind ---------------------------------------------------
 
-def cli(args, capsys):
-    rc = main(["trace", "--no-progress", *args])
-    err = capsys.readouterr().err.strip()
-    return rc, err
-
-
 @pytest.mark.parametrize("case", ["layer", "missing", "empty", "short", "badjson", "field", "shard", "suffix",
                                   "binary"])
-def test_errors_exit_2_and_leave_nothing(ckpt, corpus, tmp_path, capsys, case):
+def test_errors_exit_2_and_leave_nothing(ckpt, corpus, tmp_path, cli_error, case):
     out = tmp_path / "x.parquet"
     data, extra = str(corpus), []
     if case == "layer":
@@ -296,9 +289,8 @@ def test_errors_exit_2_and_leave_nothing(ckpt, corpus, tmp_path, capsys, case):
     elif case == "binary":
         (tmp_path / "g.txt").write_bytes(b"the cat\n\xff\xfe\x00garbage\n")
         data = str(tmp_path / "g.txt")
-    rc, err = cli(["--model", str(ckpt), "--layer", "0", *extra, "--data", data, "--out", str(out),
-                   "--seq-len", str(SEQ), "--windows-per-shard", "2"], capsys)
-    assert rc == 2 and err.count("\n") == 0 and err.startswith("tuiwb: error:")
+    err = cli_error("trace", "--no-progress", "--model", ckpt, "--layer", "0", *extra, "--data", data, "--out", out,
+                    "--seq-len", SEQ, "--windows-per-shard", "2")
     expect = {"layer": r"layers 0\.\.2", "missing": "does not exist", "empty": "empty", "short": "no tokens after packing",
               "badjson": "line 481 is not valid JSON", "field": "--text-field", "shard": "I/N", "suffix": "unsupported",
               "binary": "not UTF-8"}
@@ -311,18 +303,19 @@ def test_errors_exit_2_and_leave_nothing(ckpt, corpus, tmp_path, capsys, case):
         assert not out.exists()
 
 
-def test_existing_out_is_refused_and_left_alone(ckpt, corpus, tmp_path, capsys):
+def test_existing_out_is_refused_and_left_alone(ckpt, corpus, tmp_path, cli):
     out = tmp_path / "x.parquet"
-    args = ["--model", str(ckpt), "--layer", "1", "--data", str(corpus), "--out", str(out), "--seq-len", str(SEQ)]
-    assert cli(args, capsys)[0] == 0
+    args = ["trace", "--no-progress", "--model", ckpt, "--layer", "1", "--data", corpus, "--out", out,
+            "--seq-len", SEQ]
+    assert cli(*args)[0] == 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    rc, err = cli(args, capsys)
+    rc, _, err = cli(*args)
     assert rc == 2 and "already exists" in err and "--overwrite" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.md").write_text("mine")
-    rc, err = cli([*args[:-4], "--out", str(other), "--overwrite"], capsys)
+    rc, _, err = cli(*args[:-4], "--out", other, "--overwrite")
     assert rc == 2 and "not a tuiwb activation directory" in err and (other / "keep.md").exists()
 
 
