@@ -63,7 +63,7 @@ def resolve_token(token: str, tokenizer=None, stats: FeatureStats | None = None)
         close = difflib.get_close_matches(text, list(vocab), n=5, cutoff=0.6)
         close += [c for c in difflib.get_close_matches(" " + text, list(vocab), n=5, cutoff=0.6) if c not in close]
         hint = f"; close ones: {', '.join(repr(c) for c in close[:5])}" if close else ""
-        raise TuiwbError(f"{token!r} is not a single known token of this tokenizer (it would be unknown or split): "
+        raise TuiwbError(f"{token!r} is not a single token of this vocabulary (it would be unknown or split): "
                          f"give one token, or #ID for a token id{hint}")
     if stats is not None:
         for tid, s in stats.vocab.items():
