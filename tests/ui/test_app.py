@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from tuiwb.tui.help import HelpScreen
 from tuiwb.tui.keymap import KEYS
+from tuiwb.tui.screens.contrast import ContrastDialog
+from tuiwb.tui.screens.help import HelpScreen
 from tuiwb.tui.widgets.contexts import Contexts
-from tuiwb.tui.widgets.contrast import ContrastDialog
 from tuiwb.tui.widgets.feature_table import FeatureRowsView
 from tuiwb.tui.widgets.logit_bars import LogitBars
 from tuiwb.tui.widgets.patches import PatchList
@@ -202,6 +202,24 @@ async def test_token_cursor_highlights_the_token_in_the_contexts(demo_app):
         await pilot.hover(TokenCloud, offset=(3, 1))
         await pilot.pause()
         assert ctx.highlight == cloud.tokens[0][0]
+
+
+async def test_pane_colours_follow_the_theme(demo_app):
+    """The panes draw with component classes styled by theme variables: a new theme repaints them."""
+    app = demo_app
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+
+        def colours():
+            bars = app.query_one(LogitBars).render()
+            shading = app.query_one("#contexts-body").content  # baked into the body's Text
+            return {s.style.color for s in bars.spans}, {s.style.bgcolor for s in shading.spans}
+
+        dark = colours()
+        app.theme = "textual-light"
+        await settle(pilot, rounds=1)
+        light = colours()
+        assert dark[0] != light[0] and dark[1] != light[1]
 
 
 async def test_a_model_error_becomes_a_notification_and_the_app_survives(demo_app):

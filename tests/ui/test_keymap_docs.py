@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from tuiwb.tui.help import help_table
 from tuiwb.tui.keymap import KEYS, bindings, key_label
+from tuiwb.tui.screens.help import help_table
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "tui.md"
 

@@ -17,16 +17,17 @@ from textual import events
 from textual.app import App, ComposeResult, SystemCommand
 from textual.containers import Container, Vertical
 from textual.markup import escape
+from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Tab, Tabs
+from textual.widgets import Footer, Tab, Tabs
 
 from tuiwb.errors import TuiwbError
 from tuiwb.tui import keymap
-from tuiwb.tui.help import HelpScreen
 from tuiwb.session.adapter import Lab, patch_name
 from tuiwb.session.views import PatchView
+from tuiwb.tui.screens.contrast import ContrastDialog, ContrastRequest
+from tuiwb.tui.screens.help import HelpScreen
 from tuiwb.tui.widgets.contexts import Contexts
-from tuiwb.tui.widgets.contrast import ContrastDialog, ContrastRequest
 from tuiwb.tui.widgets.feature_table import FeatureRowsView, FeatureTable
 from tuiwb.tui.widgets.logit_bars import LogitBars
 from tuiwb.tui.widgets.patches import PatchList
@@ -50,6 +51,11 @@ class WorkbenchApp(ModelWork, App):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (130, "-wide")]
     """At 130+ columns every pane shows at once; below, one page at a time (keys 1..4)."""
 
+    layer: var[int] = var(0, init=False, always_update=True)
+    """The SAE layer the feature table shows (a ``var``: the panes repaint themselves). Every
+    assignment runs ``watch_layer``, a same-layer one too: choosing a layer (``l`` with one layer, a
+    contrast search's) reloads its table."""
+
     def __init__(self, lab: Lab, *, prompt: str = "", layer: int | None = None,
                  ranked: Iterable[int] = (), fixed_status: bool = False,
                  contrast_prompts: tuple[list[str], list[str]] | None = None, contrast_target: str = "",
@@ -59,12 +65,13 @@ class WorkbenchApp(ModelWork, App):
         self.info = lab.info()
         if not self.info.layers:
             raise TuiwbError("the session has no SAEs attached: pass --saes DIR (train them with `tuiwb train`)")
-        self.layer = layer if layer is not None else self.info.layers[0]
-        if self.layer not in self.info.layers:
-            raise TuiwbError(f"no SAE for layer {self.layer}: SAEs are attached for layers "
+        layer = layer if layer is not None else self.info.layers[0]
+        if layer not in self.info.layers:
+            raise TuiwbError(f"no SAE for layer {layer}: SAEs are attached for layers "
                              f"{', '.join(map(str, self.info.layers))}")
+        self.set_reactive(WorkbenchApp.layer, layer)  # no watcher yet: the panes don't exist
         self.prompt = prompt
-        self.ranked = {self.layer: tuple(int(f) for f in ranked)} if ranked else {}
+        self.ranked = {layer: tuple(int(f) for f in ranked)} if ranked else {}
         self.fixed_status = fixed_status
         self.contrast_prompts = contrast_prompts
         self.contrast_target = contrast_target
@@ -100,7 +107,9 @@ class WorkbenchApp(ModelWork, App):
                 yield LogitBars(top_k=self.lab.top_k, id="logits")
             with Vertical(id="patches-pane", classes="page"):
                 yield PatchList(id="patches")
-        yield StatusBar(fixed=self.fixed_status, id="status")
+        device = self.info.device + (f" {self.info.quant}" if self.info.quant else "")
+        yield StatusBar(model=_short_model_id(self.info.model_id), device=device, fixed=self.fixed_status,
+                        id="status")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -110,11 +119,9 @@ class WorkbenchApp(ModelWork, App):
                            ("patches-pane", "Patches"), ("prompt", "Prompt")):
             self.query_one(f"#{pid}").border_title = title
         self._set_page(1)
-        device = self.info.device + (f" {self.info.quant}" if self.info.quant else "")
-        self.status.set(model=_short_model_id(self.info.model_id), device=device, sae_layer=self.layer)
         self.query_one(PatchList).show(self.patch_views, self.wanted)
         self._mark_table()
-        self.load_table(self.layer)
+        self.mutate_reactive(WorkbenchApp.layer)  # watch_layer for the first layer, now the panes exist
         self.request_logits()
         self.query_one(FeatureRowsView).focus()
 
@@ -158,27 +165,14 @@ class WorkbenchApp(ModelWork, App):
         if self.selected is not None:
             self.request_feature(*self.selected)
 
-    # --- search ------------------------------------------------------------------------------
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "search":
-            try:
-                self.table.apply_query(event.value)
-                event.input.border_subtitle = ""
-            except ValueError as e:
-                event.input.border_subtitle = str(e)
+    # --- layer and search --------------------------------------------------------------------
+    def watch_layer(self, layer: int) -> None:
+        self.status.sae_layer = layer
+        self.load_table(layer)
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "search":
-            self.query_one(FeatureRowsView).focus()
-            f = self.table.selected
-            if f is not None:
-                self.request_feature(self.table.rows.layer, f)
-
-    def on_key(self, event: events.Key) -> None:
-        if event.key == "escape" and self.focused is not None and self.focused.id == "search":
-            self.focused.value = ""
-            self.table.remove_class("-searching")
-            self.query_one(FeatureRowsView).focus()
+    def on_feature_table_filtered(self, msg: FeatureTable.Filtered) -> None:
+        if msg.feature is not None:
+            self.request_feature(msg.layer, msg.feature)
 
     # --- actions (the key map) ---------------------------------------------------------------
     def _selected_patch(self, create: bool = False) -> tuple[str | None, tuple[int, int] | None]:
@@ -231,8 +225,7 @@ class WorkbenchApp(ModelWork, App):
     def action_search(self) -> None:
         if self.page != 1 and self.screen.has_class("-narrow"):
             self._set_page(1)
-        self.table.add_class("-searching")
-        self.query_one("#search", Input).focus()
+        self.table.open_search()
 
     def action_contrast(self) -> None:
         pos, neg = self.contrast_prompts or ([], [])
@@ -252,8 +245,6 @@ class WorkbenchApp(ModelWork, App):
     def action_next_layer(self) -> None:
         layers = self.info.layers
         self.layer = layers[(layers.index(self.layer) + 1) % len(layers)]
-        self.status.set(sae_layer=self.layer)
-        self.load_table(self.layer)
 
     def action_focus_prompt(self) -> None:
         self.query_one(PromptEditor).focus()

@@ -1,7 +1,8 @@
-"""Messages workers and panes post upwards ("attributes down, messages up").
+"""Messages the model workers post to the app ("attributes down, messages up").
 
 Workers run in threads and post these to the app (``post_message`` is thread-safe); each carries
 the request id it answers, so the app can drop a stale answer when a newer request superseded it.
+The panes' own messages are nested in their widgets (``FeatureTable.Selected``, ...).
 """
 
 from __future__ import annotations
@@ -79,26 +80,3 @@ class Exported(Message):
     """A patch was written as ``lora/NAME`` (manifest + PEFT adapter)."""
 
     path: Path
-
-
-# --- from panes -------------------------------------------------------------------------------
-@dataclass
-class FeatureSelected(Message):
-    """The feature-table cursor landed on a feature."""
-
-    layer: int
-    feature: int
-
-
-@dataclass
-class TokenHighlighted(Message):
-    """The token-cloud cursor (or the mouse) is on ``token`` (None: nothing highlighted)."""
-
-    token: str | None
-
-
-@dataclass
-class PatchHighlighted(Message):
-    """The patch-list cursor is on ``name`` (``space a m b e`` act on it while the list has focus)."""
-
-    name: str

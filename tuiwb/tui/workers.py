@@ -16,12 +16,12 @@ from textual import work
 from textual.worker import Worker, WorkerState
 
 from tuiwb.errors import TuiwbError
-from tuiwb.tui.messages import (ContrastReady, DetailReady, Exported, FeatureSelected, LogitsReady,
-                                PatchesChanged, ProvenanceReady, TableReady,
-                                TokenHighlighted)
+from tuiwb.tui.messages import (ContrastReady, DetailReady, Exported, LogitsReady, PatchesChanged,
+                                ProvenanceReady, TableReady)
 from tuiwb.session.views import PatchView
+from tuiwb.tui.screens.contrast import ContrastRequest
 from tuiwb.tui.widgets.contexts import Contexts
-from tuiwb.tui.widgets.contrast import ContrastRequest
+from tuiwb.tui.widgets.feature_table import FeatureTable
 from tuiwb.tui.widgets.logit_bars import LogitBars
 from tuiwb.tui.widgets.patches import PatchList
 from tuiwb.tui.widgets.provenance import ProvenanceView
@@ -124,14 +124,14 @@ class ModelWork:
         self.query_one(LogitBars).show(msg.view)
         self._set_patches(msg.patches)
         self.logits_painted += 1
-        self.status.set(model_ms=msg.view.model_ms)
+        self.status.model_ms = msg.view.model_ms
         if msg.t_key is not None:
             self.call_after_refresh(self._record_latency, msg.t_key)
 
     def _record_latency(self, t_key: float) -> None:
         ms = (time.monotonic() - t_key) * 1e3
         self.latencies.append(ms)
-        self.status.set(latency_ms=ms)
+        self.status.latency_ms = ms
 
     def on_table_ready(self, msg: TableReady) -> None:
         if not self._fresh("table", msg.request):
@@ -143,7 +143,7 @@ class ModelWork:
         if f is not None:
             self.request_feature(msg.rows.layer, f)
 
-    def on_feature_selected(self, msg: FeatureSelected) -> None:
+    def on_feature_table_selected(self, msg: FeatureTable.Selected) -> None:
         if self._select_timer is not None:
             self._select_timer.stop()
         self._select_timer = self.set_timer(SELECT_DEBOUNCE_S, partial(self.request_feature, msg.layer, msg.feature))
@@ -163,7 +163,7 @@ class ModelWork:
         if self._fresh("provenance", msg.request):
             self.query_one(ProvenanceView).show(msg.text, f"L{msg.layer} f{msg.feature}")
 
-    def on_token_highlighted(self, msg: TokenHighlighted) -> None:
+    def on_token_cloud_highlighted(self, msg: TokenCloud.Highlighted) -> None:
         self.query_one(Contexts).set_highlight(msg.token)
 
     def on_patches_changed(self, msg: PatchesChanged) -> None:
@@ -177,16 +177,13 @@ class ModelWork:
 
     def on_contrast_ready(self, msg: ContrastReady) -> None:
         self.ranked[msg.layer] = tuple(f for f, _ in msg.ranked)
-        if msg.layer != self.layer:
-            self.layer = msg.layer
-            self.status.set(sae_layer=self.layer)
+        self.layer = msg.layer  # watch_layer reloads the table, now ranked
         top = ", ".join(f"{f} ({s:.2f})" for f, s in msg.ranked[:5])
         self.notify(f"contrast: {len(msg.ranked)} features on layer {msg.layer}: {top}"
                     + (f"; patch {msg.patch} ready (space toggles)" if msg.patch else ""))
         if msg.patch:
             self.wanted.setdefault(msg.patch, False)
         self._set_patches(msg.patches)
-        self.load_table(msg.layer)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place worker errors end up: a notification; the app keeps running."""

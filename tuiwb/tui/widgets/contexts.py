@@ -3,6 +3,9 @@ token shaded by the feature's activation on it; the token-cloud's token is under
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from rich.color import Color, blend_rgb
 from rich.style import Style
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -11,32 +14,48 @@ from textual.widgets import Static
 from tuiwb.session.views import ContextView, FeatureDetail
 
 
-def _bg(frac: float) -> Style | None:
-    """Background for activation fraction ``frac`` (0: none, 1: strongest)."""
-    if frac <= 0.02:
-        return None
-    # blend from the panel background to a warm orange
-    r, g, b = 40 + int(215 * frac), 40 + int(110 * frac), 40
-    return Style(bgcolor=f"rgb({r},{g},{b})", color="black" if frac > 0.55 else None)
+@dataclass(frozen=True)
+class Shading:
+    """The colours a context is drawn with (from the pane's component classes)."""
+
+    cold: Color
+    """Background of a token the feature does not fire on (the pane's)."""
+    hot: Color
+    """Background of the strongest activation."""
+    on_hot: Color
+    """Text on a strongly shaded token (readable on ``hot``)."""
+    muted: Style
+    """Line labels and the ``max`` note."""
+
+    def bg(self, frac: float) -> Style | None:
+        """Style for activation fraction ``frac`` (0: none, 1: strongest)."""
+        if frac <= 0.02:
+            return None
+        rgb = blend_rgb(self.cold.get_truecolor(foreground=False), self.hot.get_truecolor(foreground=False),
+                        min(1.0, frac))
+        return Style(bgcolor=Color.from_triplet(rgb), color=self.on_hot if frac > 0.55 else None)
 
 
-def shade_context(ctx: ContextView, max_act: float, highlight: str | None = None, label: str = "") -> Text:
+def shade_context(ctx: ContextView, max_act: float, shading: Shading, highlight: str | None = None,
+                  label: str = "") -> Text:
     out = Text(no_wrap=False, overflow="fold")
     if label:
-        out.append(label, Style(color="#7f93a8"))
+        out.append(label, shading.muted)
     scale = max_act if max_act > 0 else 1.0
     for tok, a in zip(ctx.tokens, ctx.acts):
-        style = _bg(max(0.0, a) / scale) or Style()
+        style = shading.bg(max(0.0, a) / scale) or Style()
         if highlight is not None and tok.strip() == highlight.strip():
             style += Style(underline=True, bold=True)
         out.append(tok if tok.startswith(" ") else f" {tok}", style)
     peak = max(ctx.acts) if ctx.acts else 0.0
-    out.append(f"   max {peak:.2f}", Style(color="#5f6b7a"))
+    out.append(f"   max {peak:.2f}", shading.muted)
     return out
 
 
 class Contexts(VerticalScroll, can_focus=True):
     """A scrolling list of shaded contexts."""
+
+    COMPONENT_CLASSES = {"contexts--hot", "contexts--muted"}
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -45,6 +64,15 @@ class Contexts(VerticalScroll, can_focus=True):
 
     def compose(self):
         yield Static("select a feature to see where it fires", id="contexts-body")
+
+    def on_mount(self) -> None:
+        # The shading is baked into the body's Text: paint it again in the new theme's colours.
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self._paint())
+
+    def _shading(self) -> Shading:
+        hot = self.get_component_rich_style("contexts--hot")
+        return Shading(cold=self.rich_style.bgcolor, hot=hot.bgcolor, on_hot=hot.color,
+                       muted=Style(color=self.get_component_rich_style("contexts--muted").color))
 
     def show(self, detail: FeatureDetail) -> None:
         self.detail = detail
@@ -59,13 +87,13 @@ class Contexts(VerticalScroll, can_focus=True):
         d = self.detail
         if d is None:
             return
-        lines = Text()
+        lines, shading = Text(), self._shading()
         if d.prompt is not None:
-            lines.append_text(shade_context(d.prompt, d.max_act, self.highlight, "prompt │"))
+            lines.append_text(shade_context(d.prompt, d.max_act, shading, self.highlight, "prompt │"))
             lines.append("\n\n")
         if d.contexts:
             for i, ctx in enumerate(d.contexts):
-                lines.append_text(shade_context(ctx, d.max_act, self.highlight, f"{i + 1:>5} │"))
+                lines.append_text(shade_context(ctx, d.max_act, shading, self.highlight, f"{i + 1:>5} │"))
                 lines.append("\n")
         elif d.note:
             lines.append(d.note, Style(dim=True))

@@ -7,19 +7,22 @@ widget updates.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.geometry import Region, Size
+from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input, Static
 
-from tuiwb.tui.messages import FeatureSelected
 from tuiwb.session.query import SORT_LABELS, SORTS, FeatureQuery, parse_query, query_mask, sorted_order
 from tuiwb.session.views import FeatureRows
 
@@ -27,7 +30,7 @@ HEADER = f"{'':2}{'id':>6}  {'density':>8}  {'max':>6}  top tokens"
 
 
 class FeatureRowsView(ScrollView, can_focus=True):
-    """The scrolling body of the table."""
+    """The scrolling body of the table; posts ``FeatureTable.Selected``."""
 
     COMPONENT_CLASSES = {"rows--cursor", "rows--on", "rows--off", "rows--ranked"}
     BINDINGS = [
@@ -116,7 +119,7 @@ class FeatureRowsView(ScrollView, can_focus=True):
         self._scroll_cursor()
         self.refresh()
         if self.feature is not None and self.rows is not None:
-            self.post_message(FeatureSelected(self.rows.layer, self.feature))
+            self.post_message(FeatureTable.Selected(self.rows.layer, self.feature))
 
     def _scroll_cursor(self) -> None:
         self.scroll_to_region(Region(0, self.cursor, 1, 1), animate=False, force=True, immediate=True)
@@ -135,7 +138,7 @@ class FeatureRowsView(ScrollView, can_focus=True):
 
     def action_choose(self) -> None:
         if self.feature is not None and self.rows is not None:
-            self.post_message(FeatureSelected(self.rows.layer, self.feature))
+            self.post_message(FeatureTable.Selected(self.rows.layer, self.feature))
 
     def on_click(self, event) -> None:
         self.cursor = self._clamp(self.scroll_offset.y + event.y)
@@ -149,6 +152,21 @@ class FeatureRowsView(ScrollView, can_focus=True):
 
 class FeatureTable(Vertical):
     """The pane: a search bar (hidden until ``/``), the header and the rows."""
+
+    @dataclass
+    class Selected(Message):
+        """The cursor landed on a feature (or Enter chose it)."""
+
+        layer: int
+        feature: int
+
+    @dataclass
+    class Filtered(Message):
+        """The user kept a filter (Enter in the search bar): open ``feature``, the one under the
+        cursor (None: nothing matches)."""
+
+        layer: int
+        feature: int | None
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -168,6 +186,10 @@ class FeatureTable(Vertical):
         return self.query_one(FeatureRowsView)
 
     @property
+    def search(self) -> Input:
+        return self.query_one("#search", Input)
+
+    @property
     def selected(self) -> int | None:
         return self.body.feature
 
@@ -175,6 +197,34 @@ class FeatureTable(Vertical):
     def shown(self) -> list[int]:
         """Feature ids in display order (after the filter)."""
         return [] if self.rows is None else [int(i) for i in self.rows.ids[self.body.order]]
+
+    # --- search (the bar is this pane's: the app only asks to open it and hears Filtered) ------
+    def open_search(self) -> None:
+        self.add_class("-searching")
+        self.search.focus()
+
+    @on(Input.Changed, "#search")
+    def _search_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        try:
+            self.apply_query(event.value)
+            self.search.border_subtitle = ""
+        except ValueError as e:  # a bad term: say why under the box, keep the last good filter
+            self.search.border_subtitle = str(e)
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.body.focus()
+        if self.rows is not None:
+            self.post_message(self.Filtered(self.rows.layer, self.selected))
+
+    def on_key(self, event: events.Key) -> None:
+        # Esc in the search bar clears the filter (Input.Changed applies it) and leaves the bar.
+        if event.key == "escape" and self.search.has_focus:
+            self.search.value = ""
+            self.remove_class("-searching")
+            self.body.focus()
 
     def load(self, rows: FeatureRows, ranked: tuple[int, ...] | None = None, select: int | None = None) -> None:
         self.rows = rows

@@ -31,7 +31,10 @@ def _tok(t: str, w: int) -> str:
 
 
 class LogitBars(Widget):
-    """Renders a ``LogitsView``; ``None`` shows a placeholder."""
+    """Renders a ``LogitsView``; ``None`` shows a placeholder. Colours are component classes."""
+
+    COMPONENT_CLASSES = {"logits--muted", "logits--base", "logits--patched", "logits--up", "logits--down",
+                         "logits--kl"}
 
     def __init__(self, top_k: int = 10, **kw):
         super().__init__(**kw)
@@ -55,41 +58,45 @@ class LogitBars(Widget):
         delta_w = 7
         bar_w_base = max(3, side - tok_w - num_w - 5)
         bar_w_patch = max(3, side - tok_w - num_w - delta_w - 5)
+        # Only each component's colour: the segments carry no background of their own (the pane's
+        # shows through, whatever it is) and boldness stays with the layout below.
+        c = {name.split("--")[1]: Style(color=self.get_component_rich_style(name).color)
+             for name in self.COMPONENT_CLASSES}
         out = Text(no_wrap=True, overflow="crop")
         head_l = f"{'#':>2} {'baseline':<{side - 3}}"
         out.append(head_l[:side].ljust(side), Style(bold=True))
-        out.append(" │ ", Style(color="#5f6b7a"))
+        out.append(" │ ", c["muted"])
         on = f"patched ({v.n_on} on)" if v.n_on else "patched (none on)"
         out.append(on[:side], Style(bold=True))
         out.append("\n")
         for i in range(max(len(v.base_top), len(v.patched_top))):
             b = v.base_top[i] if i < len(v.base_top) else None
             p = v.patched_top[i] if i < len(v.patched_top) else None
-            out.append(f"{i + 1:>2} ", Style(color="#5f6b7a"))
-            self._cell(out, b, b.base if b else 0.0, tok_w, bar_w_base, num_w, "#3fbfff")
-            out.append(" │ ", Style(color="#5f6b7a"))
-            self._cell(out, p, p.patched if p else 0.0, tok_w, bar_w_patch, num_w, "#ffaf3f")
+            out.append(f"{i + 1:>2} ", c["muted"])
+            self._cell(out, b, b.base if b else 0.0, tok_w, bar_w_base, num_w, c["base"])
+            out.append(" │ ", c["muted"])
+            self._cell(out, p, p.patched if p else 0.0, tok_w, bar_w_patch, num_w, c["patched"])
             if p is not None:
                 d = p.delta
-                colour = "#5fd75f" if d > 5e-4 else "#ff5f5f" if d < -5e-4 else "#7f93a8"
-                out.append(f" {d:+.3f}".rjust(delta_w), Style(color=colour))
+                tone = c["up"] if d > 5e-4 else c["down"] if d < -5e-4 else c["muted"]
+                out.append(f" {d:+.3f}".rjust(delta_w), tone)
             out.append("\n")
-        out.append(f"KL(base‖patched) = {v.kl:.4f} nats", Style(color="#9fc0d8"))
+        out.append(f"KL(base‖patched) = {v.kl:.4f} nats", c["kl"])
         shown = {r.id for r in v.patched_top}
         for r in [r for r in v.base_top[:FELL_OUT] if r.id not in shown and r.base >= MIN_FELL_OUT]:
             now = f"{r.patched:.3f}, rank {r.patched_rank}" if r.patched_rank else \
                 f"≤{r.patched:.3f}, rank > {v.ranks_known}"
             out.append("\n")
-            out.append(f"↓ {_tok(r.token, tok_w).rstrip()}  {r.base:.3f} → {now} patched", Style(color="#ff5f5f"))
+            out.append(f"↓ {_tok(r.token, tok_w).rstrip()}  {r.base:.3f} → {now} patched", c["down"])
         return out
 
     @staticmethod
-    def _cell(out: Text, row: LogitRow | None, prob: float, tok_w: int, bar_w: int, num_w: int, colour: str):
+    def _cell(out: Text, row: LogitRow | None, prob: float, tok_w: int, bar_w: int, num_w: int, colour: Style):
         if row is None:
             out.append(" " * (tok_w + bar_w + num_w + 2))
             return
         out.append(_tok(row.token, tok_w) + " ")
-        out.append(bar(prob, bar_w), Style(color=colour))
+        out.append(bar(prob, bar_w), colour)
         out.append(f" {prob:.3f}".rjust(num_w + 1))
 
     def rows_text(self) -> list[tuple[str, float, float]]:

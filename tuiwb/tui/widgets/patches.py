@@ -14,7 +14,6 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tuiwb.tui.messages import PatchHighlighted
 from tuiwb.session.views import PatchView
 
 COLUMNS = ("on", "name", "L", "features", "mode", "method", "fidelity")
@@ -118,8 +117,6 @@ class PatchList(ScrollView, can_focus=True):
 
     def watch_cursor(self) -> None:
         self.refresh()
-        if self.highlighted is not None:
-            self.post_message(PatchHighlighted(self.highlighted))
 
     def on_click(self, event) -> None:
         i = event.y + self.scroll_offset.y - 1

@@ -3,39 +3,42 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widget import Widget
 
 
 class StatusBar(Widget):
-    """One line at the bottom. ``fixed=True`` (snapshot tests) hides the measured numbers."""
+    """One line at the bottom. ``fixed=True`` (snapshot tests) hides the measured numbers.
 
-    def __init__(self, fixed: bool = False, **kw):
+    Each field is a reactive: setting one repaints the line (one line of fixed height: a repaint,
+    never a layout pass).
+    """
+
+    model: reactive[str] = reactive("")
+    device: reactive[str] = reactive("")
+    sae_layer: reactive[int | None] = reactive(None)
+    latency_ms: reactive[float | None] = reactive(None)
+    """Last toggle: key press → logit pane repainted."""
+    model_ms: reactive[float | None] = reactive(None)
+    """The model's share of the last logits request."""
+
+    def __init__(self, model: str = "", device: str = "", fixed: bool = False, **kw):
         super().__init__(**kw)
         self.fixed = fixed
-        self.fields: dict = {"model": "", "device": "", "sae_layer": None, "latency_ms": None,
-                             "model_ms": None, "busy": ""}
-
-    def set(self, **kw) -> None:
-        unknown = set(kw) - set(self.fields)
-        if unknown:
-            raise KeyError(f"unknown status fields {sorted(unknown)}")
-        self.fields.update(kw)
-        self.refresh()  # one line of fixed height: a repaint, never a layout pass
+        self.set_reactive(StatusBar.model, model)
+        self.set_reactive(StatusBar.device, device)
 
     def render(self) -> Text:
         return Text(self.line(), no_wrap=True, overflow="ellipsis")
 
     def line(self) -> str:
-        f = self.fields
-        parts = [f"model {f['model']}", f"device {f['device']}"]
-        if f["sae_layer"] is not None:
-            parts.append(f"layer {f['sae_layer']}")
+        parts = [f"model {self.model}", f"device {self.device}"]
+        if self.sae_layer is not None:
+            parts.append(f"layer {self.sae_layer}")
         if self.fixed:
             parts.append("update — ms")
         else:
-            lat = "—" if f["latency_ms"] is None else f"{f['latency_ms']:.0f}"
-            mod = "" if f["model_ms"] is None else f" (model {f['model_ms']:.0f})"
+            lat = "—" if self.latency_ms is None else f"{self.latency_ms:.0f}"
+            mod = "" if self.model_ms is None else f" (model {self.model_ms:.0f})"
             parts.append(f"update {lat} ms{mod}")
-        if f["busy"]:
-            parts.append(f["busy"])
         return " │ ".join(parts)

@@ -1,29 +1,38 @@
 """Token cloud pane: the selected feature's top tokens, weighted by activation (each token's share
 of the feature's total activation over the traced text).
 
-A terminal has one font size, so weight is drawn as colour intensity and boldness. ``←``/``→`` (or
-the mouse) put a cursor on a token; the contexts pane highlights that token.
+A terminal has one font size, so weight is drawn as colour intensity and boldness: six steps from
+the ``cloud--weak`` colour to the ``cloud--strong`` one (component classes, so themes apply).
+``←``/``→`` (or the mouse) put a cursor on a token; the contexts pane highlights that token.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from rich.color import Color, blend_rgb
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.events import Leave, MouseMove
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from tuiwb.tui.messages import TokenHighlighted
-
-# dim → bright; the last two are bold
-_SHADES = ("#5f6b7a", "#7f93a8", "#9fc0d8", "#7fd7ff", "#3fbfff", "#00aaff")
+STEPS = 6
+"""Shades from weak to strong; the last two are bold too."""
 
 
-def shade(weight: float) -> Style:
-    """Style of a token whose weight is ``weight`` in [0, 1]."""
-    k = min(len(_SHADES) - 1, max(0, int(weight * len(_SHADES))))
-    return Style(color=_SHADES[k], bold=k >= len(_SHADES) - 2)
+def shades(weak: Color, strong: Color) -> tuple[Style, ...]:
+    """``STEPS`` styles blending ``weak`` into ``strong``."""
+    w, s = weak.get_truecolor(), strong.get_truecolor()
+    return tuple(Style(color=Color.from_triplet(blend_rgb(w, s, k / (STEPS - 1))), bold=k >= STEPS - 2)
+                 for k in range(STEPS))
+
+
+def shade_index(weight: float) -> int:
+    """The shade of a token whose weight is ``weight`` in [0, 1]."""
+    return min(STEPS - 1, max(0, int(weight * STEPS)))
 
 
 def _share(w: float) -> str:
@@ -39,7 +48,14 @@ class TokenCloud(Widget, can_focus=True):
         Binding("right", "move(1)", "Next token", show=False),
         Binding("escape", "clear", "Clear", show=False),
     ]
+    COMPONENT_CLASSES = {"cloud--weak", "cloud--strong", "cloud--share"}
     cursor: reactive[int | None] = reactive(None)
+
+    @dataclass
+    class Highlighted(Message):
+        """The cursor (or the mouse) is on ``token`` (None: nothing highlighted)."""
+
+        token: str | None
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -50,27 +66,30 @@ class TokenCloud(Widget, can_focus=True):
         self.tokens = tokens
         self.title = title
         self.set_reactive(TokenCloud.cursor, None)
-        self.post_message(TokenHighlighted(None))
+        self.post_message(self.Highlighted(None))
         self.refresh(layout=True)
 
     def render(self) -> Text:
         if not self.tokens:
             return Text("select a feature", style="dim")
         top = max(w for _, w in self.tokens) or 1.0
+        steps = shades(self.get_component_rich_style("cloud--weak").color,
+                       self.get_component_rich_style("cloud--strong").color)
+        share = Style(color=self.get_component_rich_style("cloud--share").color)
         out = Text(no_wrap=False, overflow="fold")
         for i, (tok, w) in enumerate(self.tokens):
-            style = shade(w / top) + Style(meta={"token_index": i})
+            style = steps[shade_index(w / top)] + Style(meta={"token_index": i})
             if i == self.cursor:
                 style += Style(reverse=True)
             out.append(f" {tok or '∅'} ", style)
-            out.append(_share(w), Style(color="#5f6b7a", meta={"token_index": i}))
+            out.append(_share(w), share + Style(meta={"token_index": i}))
             out.append("  ")
         return out
 
     def watch_cursor(self, old, new) -> None:
         self.refresh()
         tok = self.tokens[new][0] if new is not None and new < len(self.tokens) else None
-        self.post_message(TokenHighlighted(tok))
+        self.post_message(self.Highlighted(tok))
 
     def action_move(self, delta: int) -> None:
         if not self.tokens:

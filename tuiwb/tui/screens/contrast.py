@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -80,9 +81,9 @@ class ContrastDialog(ModalScreen[ContrastRequest | None]):
         self.dismiss(ContrastRequest(pos, neg, top, self.query_one("#contrast-patch", Checkbox).value,
                                      self.query_one("#contrast-target", Input).value.strip()))
 
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "contrast-run":
-            self.action_run()
+    @on(Button.Pressed, "#contrast-run")
+    def _run_pressed(self) -> None:
+        self.action_run()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -1,0 +1,1 @@
+"""The workbench's modal screens: the ``?`` help and the contrast-search dialog."""
