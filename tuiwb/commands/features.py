@@ -79,20 +79,25 @@ def run(args: argparse.Namespace) -> int:
     if loaded is not None:
         check_sae_fits(sae, loaded=loaded)
         sae.to(loaded.device)
+    if args.contrast:  # every input of the search is checked before the stats pass
+        from tuiwb.commands._config_args import config_from
+        from tuiwb.features.config import EffectConfig
+        from tuiwb.features.search import resolve_token
+        from tuiwb.trace.sources import read_lines
+
+        a, b = (read_lines(p, "prompt file") for p in args.contrast)
+        effect = config_from(EffectConfig, args)
+        if args.target:
+            resolve_token(args.target, loaded.tokenizer)
     cfg = StatsConfig(max_tokens=args.max_tokens)
     stats = load_or_compute(args.sae, store, loaded, sae=sae, cfg=cfg, progress=True, refresh=args.no_cache)
 
     extra: dict = {}
     if args.contrast:
-        from tuiwb.commands._config_args import config_from
-        from tuiwb.features.config import EffectConfig
         from tuiwb.features.contrast import contrast, find_feature_set
-        from tuiwb.trace.sources import read_lines
 
-        a, b = (read_lines(p, "prompt file") for p in args.contrast)
         if args.target:
-            res = find_feature_set(loaded, sae, a, args.target, b, config_from(EffectConfig, args),
-                                   progress=not args.json)
+            res = find_feature_set(loaded, sae, a, args.target, b, effect, progress=not args.json)
             hits = res.hits
             extra = {"target": res.target, "target_id": res.target_id, "confirmed": list(res.confirmed),
                      "p_target_before": res.p_before, "p_target_after": res.p_after, "clean_kl": res.clean_kl}

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = [args.prompt] if args.prompts is None else read_lines(args.prompts, "prompt file")
     if not specs and not args.lora:
         loaded = load_model_from_args(args)
+        _check_tokens(loaded, args.token)
         for prompt in prompts:
             logits = next_token_logits(loaded, loaded.encode(prompt))
             top = top_k(loaded, logits, args.top)
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     session = _open_session(args, specs)
+    _check_tokens(session.loaded, args.token)
     patches = [p.to_json() for p in session.patches]
     for prompt in prompts:
         result = session.logits(prompt, top=args.top)
@@ -104,6 +106,14 @@ def _open_session(args, specs):
     for i, (layer, feats, mode) in enumerate(specs):
         session.add_patch(name=f"cli{i}", layer=layer, features=feats, mode=mode, method="hook")
     return session
+
+
+def _check_tokens(loaded, tokens: list[str]) -> None:
+    """Every ``--token`` is one known token, checked before any forward pass."""
+    from tuiwb.features.search import resolve_token
+
+    for t in tokens:
+        resolve_token(t, loaded.tokenizer)
 
 
 def _token_probs(loaded, tokens: list[str], base, patched) -> list[dict]:

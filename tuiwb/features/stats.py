@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -307,8 +308,9 @@ class FeatureStats:
             meta = json.loads((sae_dir / "features.json").read_text())
             with np.load(sae_dir / "features.npz", allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError, KeyError) as e:
-            raise TuiwbError(f"no readable feature stats in {sae_dir}: {e}") from e
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # truncated or corrupt
+            raise TuiwbError(f"no readable feature stats in {sae_dir} ({e}): delete features.npz and "
+                             "features.json to compute them again") from e
         vocab = dict(zip(arrays.pop("vocab_ids").tolist(), arrays.pop("vocab_strs").tolist()))
         return cls(layer=int(meta["layer"]), n_tokens=int(meta["n_tokens"]), vocab=vocab, **arrays), meta
 

@@ -30,7 +30,7 @@ MANIFEST = "manifest.json"
 KV_KEY = "tuiwb"
 """Parquet footer key holding a shard's own description (lets --resume adopt a renamed shard)."""
 META_COLUMNS = ("seq_id", "pos", "doc_id", "token_id")
-WRITE_OPTIONS = {"compression": "NONE", "use_dictionary": False,
+WRITE_OPTIONS = {"compression": "NONE", "use_dictionary": False, "write_page_checksum": True,
                  "write_statistics": ["seq_id", "pos", "doc_id", "token_id"]}
 """``pq.ParquetWriter`` options: activations are incompressible noise to a codec and dictionary
 encoding halves write speed; min/max statistics only where they help (not on raw bytes)."""
@@ -196,6 +196,8 @@ def reconcile(out: Path, header: dict, mine, drop_mine: bool = False) -> dict:
                 p.unlink()
     if drop_mine:
         man["shards"] = [s for s in man["shards"] if not mine(s["chunk"])]
+    else:  # a listed shard the user deleted (a corrupt one): record it again
+        man["shards"] = [s for s in man["shards"] if not mine(s["chunk"]) or (out / s["file"]).is_file()]
     if man["shards"] or (out / MANIFEST).is_file():
         _totals(man)
         write_manifest(out, man)

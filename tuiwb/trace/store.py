@@ -22,6 +22,7 @@ more). It is deterministic and needs no stored state; every row of a document is
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,10 +107,20 @@ class ActivationStore:
     def _load_metadata(self) -> dict[str, np.ndarray]:
         if self._meta is None:
             tok, doc = [], []
+            vocab = self.manifest.get("vocab_size")
             for s in range(len(self._files)):
-                t = self._file(s).read(columns=["token_id", "doc_id"])
-                tok.append(t.column("token_id").to_numpy().astype(np.int32))
-                doc.append(t.column("doc_id").to_numpy().astype(np.int64))
+                with self._reading(s):
+                    self._check_footer(s)
+                    t = self._file(s).read(columns=["token_id", "doc_id"])
+                    ids = t.column("token_id").to_numpy().astype(np.int64)
+                    docs = t.column("doc_id").to_numpy().astype(np.int64)
+                if len(ids) and (ids.min() < 0 or (vocab and ids.max() >= vocab)):
+                    self._corrupt(s, f"token id {int(ids.max() if ids.max() >= (vocab or 0) else ids.min())} "
+                                     f"is outside the vocabulary of {vocab}")
+                if len(docs) and docs.min() < 0:
+                    self._corrupt(s, f"document id {int(docs.min())} is negative")
+                tok.append(ids.astype(np.int32))
+                doc.append(docs)
             self._meta = {"token_id": np.concatenate(tok) if tok else np.empty(0, np.int32),
                           "doc_id": np.concatenate(doc) if doc else np.empty(0, np.int64)}
         return self._meta
@@ -176,8 +187,40 @@ class ActivationStore:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            self._pf[s] = pq.ParquetFile(pa.memory_map(str(self._files[s])))
+            with self._reading(s):  # page checksums (written by the tracer) are verified on every read
+                self._pf[s] = pq.ParquetFile(pa.memory_map(str(self._files[s])), page_checksum_verification=True)
         return self._pf[s]
+
+    @contextlib.contextmanager
+    def _reading(self, s: int):
+        """Turn a failed read of shard ``s`` (flipped bytes, truncation) into one line naming it."""
+        import pyarrow as pa
+
+        try:
+            yield
+        except (pa.ArrowException, OSError) as e:
+            self._corrupt(s, (str(e).strip().splitlines() or [type(e).__name__])[0])
+
+    def _corrupt(self, s: int, why: str):
+        raise TuiwbError(f"shard {self._files[s]} is corrupt ({why}): delete it and run "
+                         "`tuiwb trace --resume` with the same settings to record it again")
+
+    def _check_footer(self, s: int) -> None:
+        """The shard's row count and its per-column min/max statistics agree with the manifest."""
+        md = self._file(s).metadata
+        want = int(self._row_start[s + 1] - self._row_start[s])
+        if md.num_rows != want:
+            self._corrupt(s, f"{md.num_rows} rows, the manifest says {want}")
+        names = md.schema.names
+        bounds = {"pos": (0, self.seq_len - 1), "seq_id": (int(self._seq_start[s]), None), "token_id": (0, None)}
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            for col, (lo, hi) in bounds.items():
+                st = rg.column(names.index(col)).statistics if col in names else None
+                if st is None or not st.has_min_max:
+                    continue
+                if st.min < lo or (hi is not None and st.max > hi):
+                    self._corrupt(s, f"{col} values {st.min}..{st.max} are out of range")
 
     def _row_groups(self, s: int) -> np.ndarray:
         """Row offsets of shard ``s``'s row groups, ``[n_groups + 1]`` (from the footer)."""
@@ -194,7 +237,8 @@ class ActivationStore:
         with self._lock:
             if self._last is not None and self._last[:3] == (s, g, column):
                 return self._last[3]
-            arr = self._file(s).read_row_group(g, columns=[column]).column(0).combine_chunks()
+            with self._reading(s):
+                arr = self._file(s).read_row_group(g, columns=[column]).column(0).combine_chunks()
             n = len(arr)
             width = self.d_model * self.dtype.itemsize
             x = np.frombuffer(arr.buffers()[1], dtype=self.dtype, count=n * self.d_model,
