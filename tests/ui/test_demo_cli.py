@@ -46,6 +46,7 @@ def test_ui_opens_the_workbench_on_the_given_files(ui_demo, monkeypatch):
         return 0
 
     monkeypatch.setattr(ui, "open_workbench", fake_open)
+    monkeypatch.setattr(ui, "require_terminal", lambda: None)  # pytest's stdin is no terminal
     rc = main(["ui", "--model", str(ui_demo.model_dir), "--saes", str(ui_demo.saes_dir), "--acts",
                str(ui_demo.acts_dir), "--prompt", "the cat", "--layer", str(ui_demo.layers[-1]), "--top", "7"])
     assert rc == 0

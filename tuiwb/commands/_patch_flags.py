@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from tuiwb.errors import TuiwbError
-from tuiwb.patch.edit import parse_mode
 
 _ABLATE_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*$")
 _SCALE_SPEC_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*=\s*(\S+)\s*$")
@@ -24,5 +24,11 @@ def parse_scale(spec: str) -> tuple[int, list[int], float]:
     m = _SCALE_SPEC_RE.match(spec or "")
     if not m:
         raise TuiwbError(f"bad --scale {spec!r}: expected LAYER:FEATURE[,FEATURE...]=ALPHA, e.g. 2:17=0.5")
-    alpha = parse_mode(f"scale={m.group(3)}")
+    try:
+        alpha = float(m.group(3))
+    except ValueError:
+        alpha = float("nan")
+    if not math.isfinite(alpha):
+        raise TuiwbError(f"bad --scale {spec!r}: ALPHA {m.group(3)!r} is not a number; expected "
+                         "LAYER:FEATURE[,FEATURE...]=ALPHA, e.g. 2:17=0.5")
     return int(m.group(1)), [int(f) for f in m.group(2).split(",")], alpha

@@ -60,7 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from tuiwb.model.loading import load_model
     from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
 
+    from tuiwb.atomic import check_writable
+    from tuiwb.commands.ui import require_terminal
+
+    if not args.no_ui:
+        require_terminal()
     cfg = DemoPipelineConfig(variant=args.variant, work_dir=args.work_dir, rebuild=args.rebuild)
+    if cfg.work_dir is not None:
+        check_writable(cfg.work_dir, "`work_dir`")
     loaded = load_model(str(demo_model_path(args.variant, progress=not args.quiet)))
     result = run_pipeline(cfg, progress=not args.quiet, loaded=loaded,
                           say=(lambda s: None) if args.quiet and args.json else None)

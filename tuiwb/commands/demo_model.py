@@ -26,6 +26,7 @@ def add_parser(sub, parents=()) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tuiwb.demo.model import build_demo_model, demo_model_path
+    from tuiwb.atomic import check_writable, publish_dir, staged_dir
     from tuiwb.errors import TuiwbError
 
     if args.out is not None:
@@ -35,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
         # Only overwrite an earlier demo build, never an unrelated non-empty directory.
         if out.is_dir() and any(out.iterdir()) and not (out / "trojan_report.json").exists():
             raise TuiwbError(f"--out {out} is not empty and holds no demo model: choose a new directory")
-        report = build_demo_model(out, variant=args.variant, seed=args.seed, progress=True)
+        check_writable(out, "--out")  # before minutes of training
+        with staged_dir(out) as tmp:  # a failed or killed build leaves no half model in --out
+            report = build_demo_model(tmp, variant=args.variant, seed=args.seed, progress=True)
+            publish_dir(tmp, out)
     else:
         out = demo_model_path(args.variant, seed=args.seed, progress=True)
         report = json.loads((out / "trojan_report.json").read_text())

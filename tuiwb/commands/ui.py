@@ -53,10 +53,23 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise TuiwbError("--top must be at least 1")
+    require_terminal()
     session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=lora_dirs(args.lora),
                            quant=args.quant, device=args.device, dtype=args.dtype,
                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
     return open_workbench(session, prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
+
+
+def require_terminal() -> None:
+    """The workbench draws on a terminal: with stdin or stdout piped it would write escape codes into
+    the pipe and wait for keys that never come. Checked before anything loads."""
+    import sys
+
+    from tuiwb.errors import TuiwbError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise TuiwbError("the workbench needs a terminal, and stdin or stdout is not one: run it in a terminal "
+                         "(over SSH: ssh -t), or use the scripting commands (tuiwb logits, demo --no-ui)")
 
 
 def open_workbench(session, **kw) -> int:

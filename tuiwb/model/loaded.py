@@ -188,7 +188,13 @@ class LoadedModel:
 
     # --- tokens ---------------------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool = True) -> list[int]:
-        """Token ids of ``text``, BOS-prefixed, checked against the context length."""
+        """Token ids of ``text``, BOS-prefixed, checked against the context length.
+
+        A blank prompt is refused: with the BOS alone the "next token" would be the model's prior, which
+        reads like an answer but is not one.
+        """
+        if not str(text).strip():
+            raise TuiwbError("the prompt is empty: give some text")
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         bos = self.tokenizer.bos_token_id
         if add_bos and bos is not None:
@@ -196,8 +202,6 @@ class LoadedModel:
         limit = self.max_positions
         if limit is not None and len(ids) > limit:
             raise TuiwbError(f"prompt is {len(ids)} tokens but the model's context is {limit}: shorten the prompt")
-        if not ids:
-            raise TuiwbError("prompt is empty: give some text")
         return ids
 
     def token_str(self, token_id: int) -> str:

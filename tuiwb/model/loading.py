@@ -13,6 +13,7 @@ from tuiwb.choices import DEFAULT_DEVICE, DTYPE_NAMES, QUANT_CHOICES
 from tuiwb.errors import ParamError, TuiwbError
 from tuiwb.model.arch import resolve_arch
 from tuiwb.model.loaded import LoadedModel
+from tuiwb.model.quiet_imports import no_kernel_downloads
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -117,6 +118,9 @@ def load_model(
         kwargs["dtype"] = DTYPES[dtype]
     if quant is not None:
         from transformers import BitsAndBytesConfig
+
+        with no_kernel_downloads():
+            import bitsandbytes  # noqa: F401 — imported here, quietly, before transformers does it
 
         if quant == "8bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)

@@ -20,6 +20,7 @@ from tuiwb import __version__
 from tuiwb.atomic import check_writable, publish_dir, staged_dir
 from tuiwb.errors import TuiwbError
 from tuiwb.model.arch import fingerprints_match
+from tuiwb.model.quiet_imports import import_peft
 from tuiwb.patch.lora_fit import LoraFactors
 
 MANIFEST = "manifest.json"
@@ -73,7 +74,7 @@ def _write_adapter(dir_: Path, loaded, modules: dict[str, tuple[torch.Tensor, to
     Modules may have different ranks (a merged export): PEFT's ``rank_pattern``/``alpha_pattern``
     carry them, and ``lora_alpha = r`` per module keeps the scaling at 1 so A is stored as is.
     """
-    from peft import LoraConfig
+    LoraConfig = import_peft().LoraConfig
     from safetensors.torch import save_file
 
     ranks = {name: int(A.shape[0]) for name, (A, _) in modules.items()}

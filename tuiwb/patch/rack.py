@@ -17,6 +17,7 @@ from typing import Iterable
 import torch
 
 from tuiwb.errors import TuiwbError
+from tuiwb.model.quiet_imports import import_peft
 from tuiwb.patch.lora_fit import LoraFactors
 
 
@@ -53,7 +54,8 @@ class LoraRack:
 
     def add(self, name: str, factors: LoraFactors) -> None:
         """Inject ``factors`` as adapter ``name`` (inactive until ``set_active`` names it)."""
-        from peft import LoraConfig, inject_adapter_in_model
+        peft = import_peft()
+        LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
         if name in self._factors:
             raise TuiwbError(f"a LoRA adapter named {name!r} is already injected: remove it first or pick another name")
@@ -102,6 +104,7 @@ class LoraRack:
             self._apply()
 
     def _refresh_layers(self) -> None:
+        import_peft()
         from peft.tuners.lora import LoraLayer
 
         self._layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
