@@ -128,3 +128,9 @@ def test_pickle_weights_are_refused_unless_asked(ckpt, tmp_path, cli_error):
         f.unlink()
     err = cli_error("logits", "--model", pk, "--prompt", "the cat")
     assert "pickle" in err and "--allow-pickle" in err, err
+
+
+def test_data_the_tokenizer_does_not_know_warns_with_the_unknown_fraction(ckpt, tmp_path, cli):
+    (tmp_path / "alien.txt").write_text("\n".join(["zorg blip quux frob"] * 50) + "\n")
+    code, _, err = cli(*TRACE, "--model", ckpt, "--data", tmp_path / "alien.txt", "--out", tmp_path / "a.parquet")
+    assert code == 0 and "tuiwb: warning: 100% of the tokens" in err and "unknown to the tokenizer" in err, err

@@ -40,7 +40,7 @@ from tuiwb.trace.sources import open_sources, iter_documents
 from tuiwb.trace.config import TraceConfig
 from tuiwb.trace.windows import pack_windows
 from tuiwb.atomic import check_writable
-from tuiwb.errors import TuiwbError
+from tuiwb.errors import TuiwbError, warn
 from tuiwb.locks import WriterLock, holder, is_held
 from tuiwb.model.hooks import hidden
 from tuiwb.progress import as_progress
@@ -311,15 +311,26 @@ class _Job:
 
 
 class _TokenCounter:
-    """The tokenize callable for ``pack_windows``, counting tokens and documents for error messages."""
+    """The tokenize callable for ``pack_windows``, counting tokens and documents for error messages,
+    and warning once, early, when most of the text is unknown to the tokenizer (wrong data or model)."""
+
+    UNK_WARN = 0.5
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.n_tokens, self.n_docs = tokenizer, 0, 0
+        self.tokenizer, self.n_tokens, self.n_docs, self.n_unk = tokenizer, 0, 0, 0
+        self.unk = getattr(tokenizer, "unk_token_id", None)
+        self.warned = False
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         ids = self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         self.n_docs += sum(1 for x in ids if x)
         self.n_tokens += sum(len(x) for x in ids)
+        if self.unk is not None:
+            self.n_unk += sum(x.count(self.unk) for x in ids)
+            if not self.warned and self.n_tokens and self.n_unk >= self.UNK_WARN * self.n_tokens:
+                self.warned = True
+                warn(f"{self.n_unk / self.n_tokens:.0%} of the tokens of `data` so far are unknown to the "
+                     "tokenizer (<unk>): is this the right data for this model?")
         return ids
 
 
