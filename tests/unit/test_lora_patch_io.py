@@ -190,7 +190,7 @@ def test_logits_cli_with_hook_and_lora_patches(built, ckpt, saes_dir, cli):
     (["--ablate", "1-3"], "bad --ablate '1-3'"),
     (["--ablate", "1:"], "bad --ablate"),
     (["--scale", "1:3"], "bad --scale"),
-    (["--scale", "1:3=big"], "bad patch mode"),
+    (["--scale", "1:3=big"], "bad --scale '1:3=big': ALPHA 'big' is not a number"),  # its own syntax
     (["--saes", "SAES", "--ablate", "1:999"], "feature 999 does not exist"),
     (["--saes", "SAES", "--ablate", "0:1"], "no SAE attached at layer 0"),
 ])
