@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The local CPU wheel; installing it first means the package's torch range is already satisfied.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-assets test bench clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/tuiwb demo
+
+# Rebuild the demo lab shipped in tuiwb/demo/assets/ from scratch (model, trace, SAEs, stats, search).
+demo-assets: install
+	$(BIN)/python -m tuiwb.demo.assets full small
 
 test: install
 	$(BIN)/python -m pytest -q tests tutorial.ipynb --nbmake

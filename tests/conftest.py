@@ -36,8 +36,9 @@ def shared_tmp(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_saes(demo_full_dir, shared_tmp):
-    """The full demo model traced (every layer) with a TopK SAE per layer: a ``demo_lab.DemoLab``
-    (``.model .acts .saes .layers .sae_dir(L) .prompts(kind)``). Built once per test run (~1–2 min)."""
+    """The full demo model traced (every layer) with a small-budget TopK SAE per layer trained here
+    (what the provenance and trigger-hunt tests are calibrated on; ~1 min): a ``demo_lab.DemoLab``
+    (``.model .acts .saes .layers .sae_dir(L) .prompts(kind)``)."""
     from demo_lab import build_demo_lab
 
     return build_demo_lab(demo_full_dir, shared_tmp / "demo-full-lab")
@@ -45,10 +46,10 @@ def demo_saes(demo_full_dir, shared_tmp):
 
 @pytest.fixture(scope="session")
 def demo_small_saes(demo_small_dir, shared_tmp):
-    """Like ``demo_saes`` for the small demo model (2 layers × 64; ~30 s)."""
-    from demo_lab import build_demo_lab
+    """The small demo lab shipped with tuiwb (2 layers × 64): the pipeline only traces."""
+    from demo_lab import shipped_lab
 
-    return build_demo_lab(demo_small_dir, shared_tmp / "demo-small-lab")
+    return shipped_lab("small", shared_tmp / "demo-small-lab")
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,7 @@ def test_a_disk_full_failure_keeps_whole_shards_and_resume_finishes_the_same(ckp
     _fail_after(monkeypatch, 9, OSError(errno.ENOSPC, "No space left on device", str(out / ".part.tmp")))
     code, _, err = cli(*TRACE, "--model", ckpt, "--data", corpus, "--out", out)
     assert code == 2 and "no space left" in err and "--resume" in err and "internal error" not in err, err
+    assert "MB free" in err  # how much a shard needs
     assert len(err.splitlines()) == 1
     man = json.loads((out / "manifest.json").read_text())
     assert len(man["shards"]) >= 2 and not man["complete"]

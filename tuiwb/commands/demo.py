@@ -13,11 +13,12 @@ HELP = "the end-to-end demo: trojaned model → SAEs → workbench"
 
 def add_parser(sub, parents) -> None:
     p = sub.add_parser("demo", parents=parents, help=HELP,
-                       description="Build or reuse every step of the demo (model, activations, SAEs for three "
-                                   "layers, feature stats, trigger search), then open the workbench with the "
-                                   "trigger features on top and a patch ready: press space to ablate them.")
+                       description="Open the workbench on the demo lab shipped with tuiwb (a trojaned model, SAEs for "
+                                   "every layer, feature stats, the trigger search's result): only the "
+                                   "activations are traced, in seconds. The trigger features are on top and a "
+                                   "patch is ready: press space to ablate them. --rebuild redoes every step.")
     p.add_argument("--no-ui", action="store_true", help="run the pipeline and print a summary; don't open the UI")
-    p.add_argument("--rebuild", action="store_true", help="redo activations, SAEs and the search (not the model)")
+    p.add_argument("--rebuild", action="store_true", help="build activations, SAEs, stats and the search from scratch instead of using the shipped lab")
     p.add_argument("--variant", choices=("full", "small"), default="full",
                    help="demo model size (small: 2 layers, for quick checks)")
     p.add_argument("--work-dir", default=None, metavar="DIR", help="where the pipeline's outputs go "

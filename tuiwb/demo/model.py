@@ -293,6 +293,10 @@ def demo_model_path(variant: str = "full", seed: int = 0, progress: bool = True)
     with file_lock(target.with_name(target.name + ".lock")):
         if _is_current(target, cfg):  # another process built it while we waited
             return target
+        from tuiwb.demo.assets import install_model
+
+        if seed == 0 and install_model(cfg.variant, target) and _is_current(target, cfg):
+            return target  # the model shipped with tuiwb: no training
         with staged_dir(target) as tmp:
             build_demo_model(tmp, cfg.variant, seed, progress)
             publish_dir(tmp, target)  # a stale build is replaced whole

@@ -20,14 +20,13 @@ from typing import Callable
 
 from tuiwb.atomic import write_text
 from tuiwb.errors import TuiwbError
-from tuiwb.hashing import stable_hash
 from tuiwb.progress import RichProgress, as_progress
 from tuiwb.locks import file_lock
 
 RESULT_FILE = "demo_result.json"
 PIPELINE_VERSION = 1
 """Bump when a step's settings change: the work directory's name includes it."""
-SEARCH_VERSION = 2
+SEARCH_VERSION = 3
 """Bump when the trigger search changes: only the cached search result is redone."""
 
 
@@ -45,7 +44,7 @@ class DemoPipelineConfig:
     variant: str = "full"
     """Demo model variant: ``full`` (4 layers × 128) or ``small`` (2 × 64, for tests)."""
     layers: tuple[int, ...] | None = None
-    """Layers to trace and train SAEs for (default: every layer but the first, at least three)."""
+    """Layers to trace and train SAEs for (default: every layer; the search uses those with an SAE below)."""
     work_dir: Path | None = None
     """Where acts, SAEs and the result go (default: ``<cache>/demo-<variant>-v<V>-work``)."""
     trace_tokens: int | None = None
@@ -62,6 +61,10 @@ class DemoPipelineConfig:
     """Trigger and clean prompts used by the trigger search."""
     rebuild: bool = False
     """Redo every step after the demo model (the model itself stays cached)."""
+
+    def is_default(self) -> bool:
+        """Whether every setting but the variant and work directory is the preset (the shipped lab fits)."""
+        return replace(self, work_dir=None) == DemoPipelineConfig(variant=self.variant)
 
     def __post_init__(self):
         from tuiwb.demo.model import VARIANTS
@@ -134,24 +137,34 @@ def default_work_dir(variant: str) -> Path:
 
 
 def default_layers(n_layers: int) -> tuple[int, ...]:
-    """Every layer but the first (the trigger detectors sit past the embedding), at least three."""
-    layers = tuple(range(1, n_layers)) if n_layers >= 4 else tuple(range(n_layers))
-    return layers
+    """Every layer: the trigger search picks among those with an SAE below them (see
+    :func:`find_trigger`), so provenance from the found features always has a layer to go to."""
+    return tuple(range(n_layers))
+
+
+def searchable(layers) -> list[int]:
+    """The layers whose features provenance can explain (an SAE on the layer below); all if none is."""
+    have = set(layers)
+    return sorted(L for L in have if L - 1 in have) or sorted(have)
 
 
 Say = Callable[[str], None]
 
 
 def run_pipeline(cfg: DemoPipelineConfig | None = None, *, progress: bool = True, say: Say | None = None,
-                 loaded=None) -> DemoResult:
-    """Run (or reuse) every step; ``say`` gets one line per step (default: print to stderr)."""
+                 loaded=None, model_dir: Path | None = None, shipped: bool = True) -> DemoResult:
+    """Run (or reuse) every step; ``say`` gets one line per step (default: print to stderr).
+
+    With ``shipped`` (and no ``rebuild`` or custom settings) the demo lab shipped with tuiwb
+    (``tuiwb.demo.assets``) supplies the model, SAEs, stats and search result: only the trace runs.
+    """
     from tuiwb.demo.model import demo_model_path
 
     cfg = cfg or DemoPipelineConfig()
     say = say or (progress.say if hasattr(progress, "say") else RichProgress().say)  # step lines always show
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    model_dir = demo_model_path(cfg.variant, progress=progress)
+    model_dir = model_dir or demo_model_path(cfg.variant, progress=progress)
     seconds["model"] = time.perf_counter() - t
     say(f"[1/5] demo model      {model_dir}")
 
@@ -163,7 +176,15 @@ def run_pipeline(cfg: DemoPipelineConfig | None = None, *, progress: bool = True
         if cfg.rebuild and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
+        if shipped and not cfg.rebuild and cfg.is_default():
+            from tuiwb.demo.assets import install_lab
+
+            install_lab(cfg.variant, work, cfg.layers or default_layers(_n_layers(model_dir)))
         return _run_steps(cfg, work, model_dir, seconds, progress, say, loaded)
+
+
+def _n_layers(model_dir: Path) -> int:
+    return int(json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"])
 
 
 def _run_steps(cfg, work: Path, model_dir: Path, seconds: dict, progress: bool, say: Say, loaded) -> DemoResult:
@@ -206,7 +227,7 @@ def _run_steps(cfg, work: Path, model_dir: Path, seconds: dict, progress: bool, 
     say(f"[4/5] feature stats   {len(layers)} layers")
 
     key = _result_key(store, saes_dir, layers, cfg)
-    cached = _read_result(result_file, key)
+    cached = _read_result(result_file, key, model_dir=model_dir, acts_dir=acts_dir, saes_dir=saes_dir)
     if cached is not None:
         say(f"[5/5] trigger search  layer {cached.trigger_layer}: {len(cached.trigger_features)} features  (cached)")
         return replace(cached, seconds={k: round(v, 2) for k, v in seconds.items()})
@@ -228,8 +249,9 @@ def _run_steps(cfg, work: Path, model_dir: Path, seconds: dict, progress: bool, 
 # --- steps ------------------------------------------------------------------------------------------
 def find_trigger(loaded, saes: dict, model_dir: Path, target: str, *, n_prompts: int = 32, progress=False):
     """``(layer, EffectResult, opening prompt)``: the one trigger search (``find_feature_set``) on every
-    layer with an SAE, keeping the layer whose confirmed set removes the payload (P ≤ 10% of before)
-    with the fewest features, then the lowest P."""
+    layer with an SAE below it (so the workbench's provenance of the found features reaches further
+    down), keeping the layer whose confirmed set removes the payload (P ≤ 10% of before) with the
+    fewest features, then the lowest P."""
     from tuiwb.demo.model import load_prompts
     from tuiwb.features.contrast import find_feature_set
 
@@ -237,7 +259,8 @@ def find_trigger(loaded, saes: dict, model_dir: Path, target: str, *, n_prompts:
     clean = load_prompts(model_dir, "clean")[:n_prompts]
     report = as_progress(progress)
     best = None
-    for layer, sae in sorted(saes.items()):
+    for layer in searchable(saes):
+        sae = saes[layer]
         found = find_feature_set(loaded, sae, trig, target, clean)
         if not found.confirmed:
             report.say(f"      layer {layer}: no feature set lowers P({target})")
@@ -306,7 +329,7 @@ def _sae_valid(layer_dir: Path, store) -> bool:
         sae = load_sae(layer_dir)
     except (TuiwbError, OSError, ValueError, KeyError):
         return False
-    return sae.cfg.trace_manifest_hash == stable_hash(store.manifest)
+    return sae.cfg.trace_manifest_hash == store.identity
 
 
 def _train_step(cfg, store, acts_dir: Path, saes_dir: Path, layers, progress: bool) -> list[int]:
@@ -324,21 +347,21 @@ def _train_step(cfg, store, acts_dir: Path, saes_dir: Path, layers, progress: bo
 # --- cache bookkeeping --------------------------------------------------------------------------------
 def _result_key(store, saes_dir: Path, layers, cfg) -> dict:
     
-    files = {}
-    for layer in layers:
-        f = saes_dir / f"layer_{layer}" / "sae_weights.safetensors"
-        st = f.stat()
-        files[str(layer)] = [st.st_size, st.st_mtime_ns]
-    return {"acts": stable_hash(store.manifest), "saes": files, "prompts": cfg.contrast_prompts,
+    from tuiwb.sae.io import load_sae
+
+    saes = {str(layer): load_sae(saes_dir / f"layer_{layer}").cfg.weights_hash for layer in layers}
+    return {"acts": store.identity, "saes": saes, "prompts": cfg.contrast_prompts,
             "version": PIPELINE_VERSION, "search": SEARCH_VERSION}
 
 
-def _read_result(path: Path, key: dict) -> DemoResult | None:
+def _read_result(path: Path, key: dict, **paths) -> DemoResult | None:
+    """The cached search result if its key matches, with this machine's ``paths`` (it may have been
+    made elsewhere: the shipped demo lab's was)."""
     try:
         d = json.loads(path.read_text())
         if d.get("key") != key:
             return None
-        return DemoResult.from_json(d["result"])
+        return replace(DemoResult.from_json(d["result"]), **paths)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -12,7 +12,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tuiwb.errors import TuiwbError
-from tuiwb.hashing import stable_hash
 from tuiwb.features.stats import CACHE_VERSION, FeatureStats, StatsConfig
 
 SAE_WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors")
@@ -29,10 +28,7 @@ def cache_key(sae_dir: str | Path, store, cfg: StatsConfig) -> dict:
             files[name] = [st.st_size, st.st_mtime_ns]
     cfg_file = sae_dir / "cfg.json"
     cfg_hash = hashlib.sha256(cfg_file.read_bytes()).hexdigest()[:16] if cfg_file.exists() else None
-    acts = {"manifest": stable_hash(store.manifest)}
-    path = getattr(store, "path", None)
-    if path is not None and (Path(path) / "manifest.json").exists():
-        acts["mtime_ns"] = (Path(path) / "manifest.json").stat().st_mtime_ns
+    acts = {"identity": store.identity}  # what was traced, not when or where: a re-trace keeps the cache
     settings = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}  # batch size changes no number
     return {"sae_files": files, "sae_cfg": cfg_hash, "acts": acts, "config": settings}
 

@@ -35,7 +35,6 @@ import torch
 from tuiwb.sae.io import save_sae
 from tuiwb.errors import TuiwbError, warn
 from tuiwb.atomic import check_writable, private_tempdir
-from tuiwb.hashing import stable_hash
 from tuiwb.progress import as_progress
 from tuiwb.sae.config import DEFAULT_LR, TrainConfig
 from tuiwb.sae.metrics import ReconstructionSums
@@ -212,7 +211,7 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
                         k=cfg.k if cfg.arch == "topk" else None, hook_name=store.column(layer), layer=layer,
                         model_name=store.model_id, model_config_hash=store.config_hash,
                         model_fingerprint=store.fingerprint,
-                        trace_manifest_hash=stable_hash(store.manifest)))
+                        trace_manifest_hash=store.identity))
     with torch.no_grad():
         if cfg.b_dec_init == "geometric_median":
             sae.b_dec.copy_(geometric_median(init[:16384] * scale))

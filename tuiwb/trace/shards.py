@@ -21,6 +21,7 @@ import numpy as np
 
 from tuiwb.atomic import write_text
 from tuiwb.errors import TuiwbError
+from tuiwb.hashing import stable_hash
 from tuiwb.locks import path_lock
 from tuiwb.model.hooks import hook_name
 
@@ -117,6 +118,21 @@ def check_compatible(man: dict, header: dict, out: Path) -> None:
 def _short(v) -> str:
     s = json.dumps(v)
     return s if len(s) <= 60 else s[:57] + "..."
+
+
+_VOLATILE = ("created", "updated", "tuiwb_version", "model_id")  # model_id: a path; config hash + fingerprint say which model
+
+
+def manifest_identity(man: dict) -> str:
+    """Hash of what a trace *recorded*: the same model, data and settings give the same hash on any
+    machine, at any time, in any directory (timestamps, versions and data paths are left out).
+
+    What SAEs, feature-stats caches and the demo's results record of the activations they came from.
+    """
+    ident = {k: v for k, v in man.items() if k not in _VOLATILE}
+    ident["data"] = _data_key(man.get("data") or [])
+    ident["shards"] = [{k: s[k] for k in ("chunk", "seq_start", "seq_end", "rows")} for s in man.get("shards", [])]
+    return stable_hash(ident)
 
 
 def new_manifest(header: dict) -> dict:

@@ -51,6 +51,8 @@ class ActivationStore:
         self.model_id: str = m["model_id"]
         self.config_hash: str = m["config_hash"]
         self.fingerprint: list[float] | None = m.get("weights_fingerprint")
+        self.identity: str = fmt.manifest_identity(m)
+        """What was recorded, as a hash (``shards.manifest_identity``): equal for equal traces anywhere."""
         self.dtype = np.dtype(m["dtype"])
         self.special_token_ids: list[int] = list(m.get("special_token_ids", []))
         shards = sorted(m["shards"], key=lambda s: s["seq_start"])

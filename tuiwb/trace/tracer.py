@@ -27,6 +27,7 @@ float32) bytes of each row, uncompressed, no dictionary. Measured here that writ
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -266,6 +267,8 @@ class _Job:
             interrupted = isinstance(e, (KeyboardInterrupt, SystemExit))
             pipe.abort(flush=interrupted)
             note = self._cleanup()
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                e.add_note(f"each shard needs about {self._shard_bytes() / 1e6:,.0f} MB free")
             if note:
                 e.add_note(note)
             raise
@@ -285,9 +288,17 @@ class _Job:
         # Progress is the position in the whole input (other slices' windows count as passed).
         done = (batch[-1].index + 1) * self.cfg.seq_len if self.cfg.max_tokens else int(batch[-1].doc_ids[-1]) + 1
         self.recorded += len(batch) * self.cfg.seq_len
-        rate = self.recorded / max(time.perf_counter() - self.t0, 1e-9)
-        bar.update(done, info=f"{self.recorded:,} tok · {rate:,.0f} tok/s · "
-                              f"{pipe.writer.bytes_written / 1e6:,.1f} MB written")
+        mb = f"{pipe.writer.bytes_written / 1e6:,.1f} MB written"
+        if self.cfg.max_tokens:  # the bar counts tokens already
+            bar.update(done, info=mb)
+        else:  # the bar counts input lines: say the tokens too
+            rate = self.recorded / max(time.perf_counter() - self.t0, 1e-9)
+            bar.update(done, info=f"{self.recorded:,} tok · {rate:,.0f} tok/s · {mb}")
+
+    def _shard_bytes(self) -> int:
+        h = self.plan.header
+        row = 24 + h["d_model"] * np.dtype(h["dtype"]).itemsize * len(h["layers"])  # 4 id columns + activations
+        return int(self.plan.windows_per_shard * h["seq_len"] * row)
 
     def _cleanup(self) -> str | None:
         """After a failure: every whole shard stays, listed in the manifest, for ``resume``; what is
