@@ -126,8 +126,9 @@ class CallbackProgress:
 
     def _show(self, task: _Task, done: bool) -> None:
         now = time.perf_counter()
-        if not done and now - self._last.get(id(task), 0.0) < 1.0 / self.per_s:
-            return
+        last = self._last.get(id(task))
+        if not done and last is not None and now - last < 1.0 / self.per_s:
+            return  # the first and the last event of a task always go through
         self._last[id(task)] = now
         self.fn(task.event(done))
 
