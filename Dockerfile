@@ -1,5 +1,5 @@
-# tuiwb in a container: `docker build -t tuiwb . && docker run -it --rm tuiwb demo`
-# For GPUs, swap the torch index for a CUDA one and run with `--gpus all`.
+# tuiwb in a container (CPU): `docker build -t tuiwb . && docker run -it --rm tuiwb demo`
+# The GPU variant is Dockerfile.cuda. Neither was built on the development machine (no Docker engine there).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_DISABLE_TELEMETRY=1 WANDB_MODE=disabled \
@@ -7,9 +7,12 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_DISABLE_TELEMETRY=1 WANDB_MODE=
 RUN useradd --create-home tuiwb && mkdir /cache && chown tuiwb /cache
 WORKDIR /app
 
-# torch first (CPU build), so the package's torch range is already satisfied.
-RUN pip install "torch>=2.4,<2.15" --index-url https://download.pytorch.org/whl/cpu
-COPY pyproject.toml README.md ./
+# torch first, from PyPI (no second package index), so the package's torch range is already satisfied.
+# PyPI's Linux arm64 wheel is CPU-only; its x86_64 wheel also carries the CUDA runtime wheels (a larger
+# image that runs the same on CPU). TORCH_SPEC may name a local wheel file instead (COPY it in first).
+ARG TORCH_SPEC="torch==2.13.0"
+RUN pip install "$TORCH_SPEC"
+COPY pyproject.toml README.md LICENSE ./
 COPY tuiwb ./tuiwb
 COPY web_export ./web_export
 RUN pip install ".[server]"

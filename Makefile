@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The local CPU wheel; installing it first means the package's torch range is already satisfied.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo demo-assets test bench clean
+.PHONY: install demo demo-assets test bench gif clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# The README GIF (docs/images/live-edit.gif) from the real workbench on the demo lab; needs rsvg-convert
+# (Debian librsvg2-bin) or cairosvg, the Fira Code font (fonts-firacode), and gifsicle when present.
+gif: install
+	$(BIN)/python docs/make_gif.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
