@@ -23,7 +23,7 @@ async def _settle(pilot) -> None:
 
 def shoot(name: str, size: tuple[int, int], keys: list[str]) -> Path:
     from tuiwb.commands.demo import app_kwargs, prepare_session
-    from tuiwb.pipeline import DemoPipelineConfig, run_pipeline
+    from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
     from tuiwb.tui import make_app
 
     result = run_pipeline(DemoPipelineConfig(variant="full"), progress=False, say=lambda s: None)
