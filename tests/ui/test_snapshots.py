@@ -8,6 +8,8 @@ look at the new SVGs before committing them.
 
 from __future__ import annotations
 
+import pytest
+
 
 async def _ready(pilot) -> None:
     for _ in range(3):
@@ -26,3 +28,18 @@ def test_main_screen_80x24(snap_compare, demo_app):
 
 def test_help_screen(snap_compare, demo_app):
     assert snap_compare(demo_app, terminal_size=(110, 44), press=["question_mark"], run_before=_ready)
+
+
+SIZES = [(80, 24), (120, 36), (200, 60)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_main_screen_sizes(snap_compare, demo_app, size):
+    assert snap_compare(demo_app, terminal_size=size, run_before=_ready)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("key", ["question_mark", "c"], ids=["help", "contrast"])
+def test_dialogs_fit(snap_compare, demo_app, key, size):
+    """Every dialog fits (or scrolls) at every size: issue 18 found the contrast dialog clipped at 80×24."""
+    assert snap_compare(demo_app, terminal_size=size, press=[key], run_before=_ready)

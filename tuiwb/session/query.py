@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tuiwb.errors import TuiwbError
 from tuiwb.features.search import parse_number, parse_range
 from tuiwb.session.views import FeatureRows
 
@@ -49,6 +50,13 @@ class FeatureQuery:
 
 def parse_query(text: str) -> FeatureQuery:
     """Parse the search bar's text; raises ``ValueError`` with a readable message on a bad term."""
+    try:
+        return _parse(text)
+    except TuiwbError as e:  # parse_range's RangeError is a TuiwbError, not a ValueError: one type here
+        raise ValueError(str(e)) from None
+
+
+def _parse(text: str) -> FeatureQuery:
     ids: set[int] = set()
     dens = [-np.inf, np.inf]
     mx = [-np.inf, np.inf]

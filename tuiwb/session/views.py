@@ -7,6 +7,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SPACE = "␣"
+"""A space inside a token, drawn visibly (a byte-level BPE token's leading space is otherwise invisible)."""
+_VISIBLE = {" ": SPACE, "\n": "↵", "\t": "⇥", "\r": "␍"}
+
+
+def display_token(piece: str | bytes) -> str:
+    """How a token is drawn in a column or a list: spaces as ``␣``, line breaks as ``↵``, bytes that are
+    not (yet) UTF-8 — a byte-level BPE token holding part of a character — as ``<0xE2>``."""
+    if isinstance(piece, bytes):
+        piece = piece.decode("utf-8", errors="backslashreplace")
+        piece = _hex_escapes(piece)
+    if not piece:
+        return "∅"
+    return "".join(_VISIBLE.get(c, f"<0x{ord(c):02X}>" if ord(c) < 32 else c) for c in piece)
+
+
+def _hex_escapes(s: str) -> str:
+    import re
+
+    return re.sub(r"\\x([0-9a-f]{2})", lambda m: f"<0x{m.group(1).upper()}>", s)
+
+
+def quote(token: str) -> str:
+    """A displayed token inside a list: quoted, so ``','`` and ``'␣'`` read as tokens."""
+    return f"'{token}'"
+
+
+def join_tokens(tokens) -> str:
+    """A list of displayed tokens: ``'␣the', ',', '<0xE2>'``."""
+    return ", ".join(quote(t) for t in tokens)
+
 
 @dataclass(frozen=True)
 class LogitRow:
@@ -81,9 +112,13 @@ class ContextView:
     """One top-activating context of a feature."""
 
     tokens: tuple[str, ...]
-    """Token texts of the window."""
+    """Each token as ``display_token`` draws it (what the token cloud's cursor matches)."""
     acts: tuple[float, ...]
     """The feature's activation on each token."""
+    spans: tuple[str, ...] = ()
+    """The window decoded as text, cut at token boundaries: ``spans[i]`` is the text token i completes
+    ("" while a character's bytes are still incomplete; its text then carries the run's activation).
+    Empty: join ``tokens`` with spaces."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""Read input text for tracing: ``.txt``, ``.jsonl`` and ``.parquet`` files, streamed.
+"""Read input text for tracing: any UTF-8 text file (``.txt``, ``.md``, ...), ``.jsonl`` and ``.parquet``
+files, streamed.
 
-A *document* is one non-blank line of a ``.txt`` file, one JSON object of a ``.jsonl`` file (its
+A *document* is one non-blank line of a text file (any suffix but the two below), one JSON object of a ``.jsonl`` file (its
 ``text_field``), or one row of a ``.parquet`` file (its text column). Documents carry a ``doc_id``:
 the global line (row) index across the input files in the order given, blank lines included. That
 makes ids stable under ``--shard`` and ``--resume`` and lets a reader find the source line of any
@@ -22,6 +23,9 @@ from pathlib import Path
 from tuiwb.errors import TuiwbError
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
+"""The documented types; a file of another suffix is read as plain text (if it is UTF-8) ..."""
+TABLES = (".csv", ".tsv", ".json")
+"""... except these: text, but one line of them is not a document (a table row, part of one JSON value)."""
 HUB_PREFIX = "hf:"
 
 
@@ -65,10 +69,10 @@ def _open_one(spec: str, text_field: str) -> DataSource:
         raise TuiwbError(f"data file {spec} does not exist: check the `data` path")
     if not path.is_file():
         raise TuiwbError(f"data path {spec} is not a file: pass .txt, .jsonl or .parquet files")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise TuiwbError(f"data file {spec} has an unsupported type {suffix or '(none)'!r}: "
-                         f"use {', '.join(SUFFIXES)}")
+    suffix = path.suffix.lower()  # .jsonl and .parquet are structured; anything else is text, line by line
+    if suffix in TABLES:
+        raise TuiwbError(f"data file {spec} has an unsupported type {suffix!r}: a line of it is not a document; "
+                         "convert it to .jsonl or .parquet (or plain text, one document per line)")
     if not os.access(path, os.R_OK):
         raise TuiwbError(f"data file {spec} is not readable: check its permissions")
     size = path.stat().st_size
@@ -96,8 +100,8 @@ def _count_lines(spec: str, path: Path) -> tuple[int, bool]:
                 decoder.decode(chunk)
             decoder.decode(b"", final=True)
     except UnicodeDecodeError as e:
-        raise TuiwbError(f"data file {spec} is not UTF-8 text ({e.reason}): "
-                         "convert it or pass a .parquet file") from e
+        raise TuiwbError(f"data file {spec} is not UTF-8 text ({e.reason}): a data file is UTF-8 text "
+                         "(one document per line), .jsonl or .parquet") from e
     except OSError as e:
         raise TuiwbError(f"cannot read data file {spec}: {e.strerror or e}") from e
     return n + (last != b"\n"), has_text

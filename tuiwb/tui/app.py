@@ -19,7 +19,7 @@ from textual.containers import Container, Vertical
 from textual.markup import escape
 from textual.reactive import var
 from textual.screen import Screen
-from textual.widgets import Footer, Tab, Tabs
+from textual.widgets import Static, Tab, Tabs
 
 from tuiwb.errors import TuiwbError
 from tuiwb.tui import keymap
@@ -29,6 +29,7 @@ from tuiwb.tui.screens.contrast import ContrastDialog, ContrastRequest
 from tuiwb.tui.screens.help import HelpScreen
 from tuiwb.tui.widgets.contexts import Contexts
 from tuiwb.tui.widgets.feature_table import FeatureRowsView, FeatureTable
+from tuiwb.tui.widgets.key_bar import KeyBar
 from tuiwb.tui.widgets.logit_bars import LogitBars
 from tuiwb.tui.widgets.patches import PatchList
 from tuiwb.tui.widgets.prompt import PromptEditor
@@ -91,6 +92,14 @@ class WorkbenchApp(ModelWork, App):
         self._latest: dict[str, int] = {}
         self._key_time: float | None = None
         self._select_timer = None
+        self.last_feature: dict[int, int] = {}
+        """The feature last selected on each layer (``l`` comes back to it)."""
+        self.prov_patched = False
+        """Provenance on the patched model (``v``); by default on the unpatched one, like the contexts."""
+        self.busy: str | None = None
+        """The running long action's name (the status bar shows it; Esc cancels it)."""
+        self.cancel_requested = False
+        self.contrast_effect: str | None = None
 
     # --- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -107,10 +116,11 @@ class WorkbenchApp(ModelWork, App):
                 yield LogitBars(top_k=self.lab.top_k, id="logits")
             with Vertical(id="patches-pane", classes="page"):
                 yield PatchList(id="patches")
+                yield Static("", id="contrast-effect", markup=False)
         device = self.info.device + (f" {self.info.quant}" if self.info.quant else "")
         yield StatusBar(model=_short_model_id(self.info.model_id), device=device, fixed=self.fixed_status,
                         id="status")
-        yield Footer(compact=True)
+        yield KeyBar(id="keys")
 
     def on_mount(self) -> None:
         self.query_one("#pages", Tabs).can_focus = False
@@ -132,6 +142,13 @@ class WorkbenchApp(ModelWork, App):
     @property
     def table(self) -> FeatureTable:
         return self.query_one(FeatureTable)
+
+    def on_resize(self, event: events.Resize) -> None:
+        # Wide screens give the logit pane the room: longer bars, whole tokens (58 columns up to 180).
+        w = event.size.width
+        col = 58 if w < 180 else min(96, int(w * 0.4))
+        for main in self.query("#main"):  # none yet before compose
+            main.styles.grid_columns = f"1fr 1fr {col}"
 
     def _set_page(self, n: int) -> None:
         self.page = n
@@ -157,6 +174,9 @@ class WorkbenchApp(ModelWork, App):
         return t if t is not None and now - t < 5.0 else now
 
     # --- prompt ------------------------------------------------------------------------------
+    def on_prompt_editor_left(self, msg: PromptEditor.Left) -> None:
+        self._focus_page(self.page)
+
     def on_prompt_editor_edited(self, msg: PromptEditor.Edited) -> None:
         if msg.text == self.prompt:
             return
@@ -206,9 +226,7 @@ class WorkbenchApp(ModelWork, App):
         if name is None:
             self.notify("no patch for the selected feature: press space to make one", severity="warning")
             return
-        if op == "lora":
-            self.notify(f"{name}: fitting a LoRA…")
-        self._edit_worker(op, name)
+        self._edit_op(op, name)
 
     def action_cycle_mode(self) -> None:
         self._patch_op("mode")
@@ -217,7 +235,26 @@ class WorkbenchApp(ModelWork, App):
         self._patch_op("method")
 
     def action_build_lora(self) -> None:
+        name, _ = self._selected_patch()
+        p = next((p for p in self.patch_views if p.name == name), None)
+        if p is not None and p.method == "lora":  # say so now, not "fitting…" and then an error
+            fid = f" (fidelity KL {p.fidelity:.3g})" if p.fidelity is not None else ""
+            self.notify(f"{name} already runs as its LoRA{fid}: m switches it back to the hook",
+                        severity="warning")
+            return
         self._patch_op("lora")
+
+    def action_cancel_busy(self) -> None:
+        if self.busy is None:
+            return
+        self.cancel_requested = True
+        self.status.busy = f"cancelling {self.busy}…"
+
+    def action_provenance_patched(self) -> None:
+        self.prov_patched = not self.prov_patched
+        self.notify("provenance on the " + ("patched" if self.prov_patched else "unpatched") + " model", timeout=2)
+        if self.selected is not None:
+            self.request_provenance(*self.selected)
 
     def action_export_patch(self) -> None:
         self._patch_op("export")
@@ -235,7 +272,7 @@ class WorkbenchApp(ModelWork, App):
         if req is not None:
             self.contrast_prompts = (list(req.positive), list(req.negative))
             self.contrast_target = req.target
-            self.notify(f"contrast search on layer {self.layer}…")
+            self.start_busy(f"contrast search on layer {self.layer}" + (" (causal)" if req.target else ""))
             self._contrast_worker(self.layer, req)
 
     def action_sort(self) -> None:
@@ -252,11 +289,14 @@ class WorkbenchApp(ModelWork, App):
     def action_page(self, n: int) -> None:
         if self.screen.has_class("-narrow"):
             self._set_page(n)
+        else:
+            self.page = n  # Esc in the prompt comes back to this pane
+        self._focus_page(n)
+
+    def _focus_page(self, n: int) -> None:
         widget = self.query_one(PAGE_FOCUS[n])
-        if widget.can_focus:
-            widget.focus()
-        else:  # the logit bars take no keys: just bring them into view
-            widget.scroll_visible()
+        widget.focus()
+        widget.scroll_visible()
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

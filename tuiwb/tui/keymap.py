@@ -41,10 +41,11 @@ KEYS: tuple[Key, ...] = (
     Key("a", "cycle_mode", "Ablate/scale", "cycle the patch mode: ablate → scale=0.5 → scale=2 → ablate",
         "cycle-mode", short="Mode"),
     Key("m", "switch_method", "Hook/LoRA",
-        "switch the patch between the exact hook and its fitted LoRA (builds the LoRA if needed)",
-        "switch-method", short="Method"),
-    Key("b", "build_lora", "Build LoRA", "fit a rank-r LoRA that imitates the patch and report its fidelity",
-        "build-lora", short="LoRA"),
+        "switch the patch between the exact hook and its LoRA (fits it the first time; kept, so m is "
+        "instant after)", "switch-method", short="Method"),
+    Key("b", "build_lora", "Build LoRA",
+        "fit a rank-r LoRA that imitates the hook patch, report its fidelity and run the patch as that "
+        "LoRA (m switches back)", "build-lora", short="LoRA"),
     Key("e", "export_patch", "Export", "export the patch as a LoRA adapter directory (lora/NAME/)",
         "export-patch"),
     Key("slash", "search", "Search",
@@ -54,6 +55,9 @@ KEYS: tuple[Key, ...] = (
         "contrast"),
     Key("s", "sort", "Sort", "cycle the feature table's sort: contrast rank, density, max act, id", "sort"),
     Key("l", "next_layer", "Layer", "show the next layer's SAE features", "next-layer"),
+    Key("v", "provenance_patched", "Prov. patched",
+        "show provenance on the patched model / back on the unpatched one (the default)", "provenance-patched",
+        short="Prov"),
     Key("p", "focus_prompt", "Prompt", "edit the prompt (Enter recomputes, Esc leaves)", "focus-prompt"),
     Key("tab", "focus_next", "Next pane", "move the focus to the next pane", "next-pane", short="Pane", priority=True),
     Key("1", "page(1)", "Features", "show/focus the feature table", "page-1", group="panes"),
@@ -64,7 +68,14 @@ KEYS: tuple[Key, ...] = (
     Key("question_mark", "help", "Help", "show this help screen", "help", display="?"),
     Key("ctrl+s", "screenshot", "Screenshot", "save an SVG screenshot of the screen", "screenshot", short="Shot"),
     Key("q", "quit", "Quit", "leave the workbench", "quit"),
+    Key("escape", "cancel_busy", "Cancel", "cancel the running long action (a LoRA fit)", "cancel",
+        display="Esc", show=False),
 )
+
+FOOTER_ORDER = ("help", "quit", "toggle-patch", "page-1", "search", "focus-prompt", "next-layer", "contrast",
+                "switch-method", "cycle-mode", "build-lora", "sort", "next-pane", "screenshot", "export-patch",
+                "provenance-patched")
+"""Footer entries, most important first: a narrow footer drops from the end (``?`` and ``q`` stay)."""
 
 
 _GROUPS = {"panes": Binding.Group("Panes", compact=True)}

@@ -52,6 +52,10 @@ class ProvenanceReady(Message):
     layer: int
     feature: int
     text: str
+    state: str = "unpatched"
+    """The model state the tree reflects ("unpatched" / "with 1 patch on")."""
+    message: bool = False
+    """``text`` is a one-line reason (wrapped), not a tree."""
 
 
 @dataclass
@@ -73,6 +77,15 @@ class ContrastReady(Message):
     """The patch list after the search (it may have added one)."""
     patch: str | None = None
     """Name of the patch made from the top features, if one was made."""
+    effect: str | None = None
+    """What the found set does (causal search): P(target) on A before → after, clean KL on B."""
+
+
+@dataclass
+class BusyProgress(Message):
+    """A progress line of the running long action (for the status bar)."""
+
+    text: str
 
 
 @dataclass

@@ -16,7 +16,8 @@ from textual import work
 from textual.worker import Worker, WorkerState
 
 from tuiwb.errors import TuiwbError
-from tuiwb.tui.messages import (ContrastReady, DetailReady, Exported, LogitsReady, PatchesChanged,
+from tuiwb.progress import CallbackProgress, ProgressEvent, describe
+from tuiwb.tui.messages import (BusyProgress, ContrastReady, DetailReady, Exported, LogitsReady, PatchesChanged,
                                 ProvenanceReady, TableReady)
 from tuiwb.session.views import PatchView
 from tuiwb.tui.screens.contrast import ContrastRequest
@@ -29,6 +30,10 @@ from tuiwb.tui.widgets.token_cloud import TokenCloud
 
 SELECT_DEBOUNCE_S = 0.06
 """Cursor runs (holding ↓) only compute the feature the cursor stops on."""
+
+
+class Cancelled(TuiwbError):
+    """Raised from the progress callback when the user pressed Esc: the fit stops at its next step."""
 
 
 class ModelWork:
@@ -66,10 +71,17 @@ class ModelWork:
         self.post_message(TableReady(rid, self.lab.feature_rows(layer)))
 
     def request_feature(self, layer: int, feature: int) -> None:
+        if not self.query(ProvenanceView):  # a debounced selection firing while the app shuts down
+            return
         self.selected = (layer, feature)
+        self.last_feature[layer] = feature
         self._detail_worker(self._next("detail"), layer, feature, self.prompt)
+        self.request_provenance(layer, feature)
+
+    def request_provenance(self, layer: int, feature: int) -> None:
         self.query_one(ProvenanceView).pending(f"L{layer} f{feature}")
-        self._provenance_worker(self._next("provenance"), layer, feature, self.prompt)
+        n_on = sum(self.wanted.values()) if self.prov_patched else 0
+        self._provenance_worker(self._next("provenance"), layer, feature, self.prompt, n_on)
 
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def _detail_worker(self, rid: int, layer: int, feature: int, prompt: str) -> None:
@@ -78,41 +90,91 @@ class ModelWork:
         self.post_message(DetailReady(rid, self.lab.feature_detail(layer, feature, prompt)))
 
     @work(thread=True, exclusive=True, group="provenance", exit_on_error=False)
-    def _provenance_worker(self, rid: int, layer: int, feature: int, prompt: str) -> None:
+    def _provenance_worker(self, rid: int, layer: int, feature: int, prompt: str, n_on: int) -> None:
         if self._latest.get("provenance") != rid:
             return
+        state = f"with {n_on} patch{'es' if n_on != 1 else ''} on" if n_on else "unpatched"
         try:
             # No prompt: the static (virtual-weight) view.
-            text = self.lab.provenance_text(layer, feature, prompt if prompt.strip() else None)
+            text = self.lab.provenance_text(layer, feature, prompt if prompt.strip() else None,
+                                            patched=bool(n_on))
+            message = False
         except TuiwbError as e:  # e.g. no SAE upstream of this layer: say so in the pane, not a toast
-            text = str(e)
-        self.post_message(ProvenanceReady(rid, layer, feature, text))
+            text, message = str(e), True
+        self.post_message(ProvenanceReady(rid, layer, feature, text, state, message))
+
+    # --- the busy state (status bar) of long actions --------------------------------------------
+    def start_busy(self, what: str) -> None:
+        self.busy, self.cancel_requested = what, False
+        self.status.busy = f"{what}…"
+
+    def end_busy(self) -> None:
+        self.busy, self.cancel_requested = None, False
+        self.status.busy = ""
+
+    def _progress(self) -> CallbackProgress:
+        """Progress of a worker's Session call: each event repaints the status bar; after Esc the next
+        event raises ``Cancelled`` inside the call, which stops it (a thread cannot be killed)."""
+        def fn(e: ProgressEvent) -> None:
+            if self.cancel_requested:
+                raise Cancelled("cancelled")
+            self.post_message(BusyProgress(describe(e) if e.message is None else e.message))
+        return CallbackProgress(fn, per_s=5)
+
+    def on_busy_progress(self, msg: BusyProgress) -> None:
+        if self.busy is not None and not self.cancel_requested:
+            self.status.busy = f"{self.busy}: {msg.text} (Esc cancels)"
+
+    def _edit_op(self, op: str, name: str) -> None:
+        p = next((p for p in self.patch_views if p.name == name), None)
+        fits = op == "lora" or op == "export" and p is not None and p.method == "hook" or \
+            op == "method" and p is not None and p.method == "hook" and not self.lab.has_cached_lora(name) or \
+            op == "mode" and p is not None and p.method == "lora"
+        if fits:
+            self.start_busy(f"fitting {name}'s LoRA")
+        self._edit_worker(op, name, fits)
 
     @work(thread=True, group="edit", exit_on_error=False)
-    def _edit_worker(self, op: str, name: str) -> None:
+    def _edit_worker(self, op: str, name: str, fits: bool = False) -> None:
         """Patch edits run one after another (not exclusive: none may be dropped)."""
-        if op == "mode":
-            note = f"{name}: mode {self.lab.cycle_mode(name)}"
-        elif op == "method":
-            note = f"{name}: method {self.lab.switch_method(name)}"
-        elif op == "lora":
-            v = self.lab.build_lora(name)
-            note = f"{name}: LoRA built" + (f", fidelity KL {v.fidelity:.3g}" if v.fidelity is not None else "")
-        elif op == "export":
-            self.post_message(Exported(self.lab.export(name)))
-            note = ""  # exporting a hook patch fits its LoRA first: the list must show that
-        else:  # pragma: no cover — programming error
-            raise ValueError(op)
+        progress = self._progress() if fits else None
+        try:
+            if op == "mode":
+                note = f"{name}: mode {self.lab.cycle_mode(name, progress=progress)}"
+            elif op == "method":
+                note = f"{name}: method {self.lab.switch_method(name, progress=progress)}"
+            elif op == "lora":
+                v = self.lab.build_lora(name, progress=progress)
+                note = f"{name}: LoRA built" + (f", fidelity KL {v.fidelity:.3g}" if v.fidelity is not None else "") \
+                    + "; the patch now runs as the LoRA (m: back to the hook)"
+            elif op == "export":
+                self.post_message(Exported(self.lab.export(name, progress=progress)))
+                note = ""  # exporting a hook patch fits its LoRA first: the list must show that
+            else:  # pragma: no cover — programming error
+                raise ValueError(op)
+            if fits and self.cancel_requested and op in ("lora", "method"):
+                # Esc came after the last progress step: the result arrived, discard it (the LoRA is
+                # kept for m; the patch goes back to the hook it was)
+                self.lab.switch_method(name)
+                note = f"{name}: LoRA fit cancelled; the patch stays a hook patch"
+        except Cancelled:
+            note = f"{name}: LoRA fit cancelled; the patch is unchanged"
+        finally:
+            if fits:
+                self.call_from_thread(self.end_busy)
         self.post_message(PatchesChanged(self.lab.patches(), note))
 
     @work(thread=True, group="contrast", exclusive=True, exit_on_error=False)
     def _contrast_worker(self, layer: int, req: ContrastRequest) -> None:
-        ranked = self.lab.contrast(layer, list(req.positive), list(req.negative), top=req.top,
-                                   target=req.target or None)
-        name = None
-        if req.make_patch and ranked:
-            name = self.lab.add_group_patch(f"contrast-L{layer}", layer, [f for f, _ in ranked])
-        self.post_message(ContrastReady(layer, tuple(ranked), self.lab.patches(), name))
+        try:
+            ranked, effect = self.lab.contrast(layer, list(req.positive), list(req.negative), top=req.top,
+                                               target=req.target or None)
+            name = None
+            if req.make_patch and ranked:
+                name = self.lab.add_group_patch(f"contrast-L{layer}", layer, [f for f, _ in ranked])
+        finally:
+            self.call_from_thread(self.end_busy)
+        self.post_message(ContrastReady(layer, tuple(ranked), self.lab.patches(), name, effect))
 
     # --- results (messages up) ---------------------------------------------------------------
     def _fresh(self, group: str, rid: int) -> bool:
@@ -137,7 +199,8 @@ class ModelWork:
         if not self._fresh("table", msg.request):
             return
         ranked = self.ranked.get(msg.rows.layer, ())
-        self.table.load(msg.rows, ranked=ranked)
+        # the layer's own last feature, else its top row (a feature id means nothing on another layer)
+        self.table.load(msg.rows, ranked=ranked, select=self.last_feature.get(msg.rows.layer))
         self._mark_table()
         f = self.table.selected
         if f is not None:
@@ -156,12 +219,14 @@ class ModelWork:
         cloud.show(d.cloud)
         cloud.border_subtitle = f"L{d.layer} f{d.feature}"
         ctx = self.query_one(Contexts)
-        ctx.border_title = f"Top contexts · L{d.layer} f{d.feature}"
+        ctx.border_title = f"Top contexts · L{d.layer} f{d.feature} · unpatched"
         ctx.show(d)
 
     def on_provenance_ready(self, msg: ProvenanceReady) -> None:
         if self._fresh("provenance", msg.request):
-            self.query_one(ProvenanceView).show(msg.text, f"L{msg.layer} f{msg.feature}")
+            view = self.query_one(ProvenanceView)
+            view.show(msg.text, f"L{msg.layer} f{msg.feature}", message=msg.message)
+            view.border_title = f"Provenance · {msg.state}"
 
     def on_token_cloud_highlighted(self, msg: TokenCloud.Highlighted) -> None:
         self.query_one(Contexts).set_highlight(msg.token)
@@ -177,10 +242,16 @@ class ModelWork:
 
     def on_contrast_ready(self, msg: ContrastReady) -> None:
         self.ranked[msg.layer] = tuple(f for f, _ in msg.ranked)
+        self.last_feature.pop(msg.layer, None)  # open on the top hit
         self.layer = msg.layer  # watch_layer reloads the table, now ranked
-        top = ", ".join(f"{f} ({s:.2f})" for f, s in msg.ranked[:5])
+        top = ", ".join(f"{f} ({s:.3g})" for f, s in msg.ranked[:5])  # scores span decades: 3 digits
         self.notify(f"contrast: {len(msg.ranked)} features on layer {msg.layer}: {top}"
-                    + (f"; patch {msg.patch} ready (space toggles)" if msg.patch else ""))
+                    + (f". {msg.effect}" if msg.effect else "")
+                    + (f"; patch {msg.patch} ready (space toggles)" if msg.patch else ""), timeout=15)
+        self.contrast_effect = msg.effect
+        effect = self.query_one("#contrast-effect")
+        effect.update(f"last contrast search: {msg.effect}" if msg.effect else "")
+        effect.display = bool(msg.effect)
         if msg.patch:
             self.wanted.setdefault(msg.patch, False)
         self._set_patches(msg.patches)
@@ -189,6 +260,8 @@ class ModelWork:
         """The one place worker errors end up: a notification; the app keeps running."""
         if event.state != WorkerState.ERROR:
             return
+        if event.worker.group in ("edit", "contrast"):
+            self.end_busy()
         err = event.worker.error
         if isinstance(err, TuiwbError):
             text = str(err)

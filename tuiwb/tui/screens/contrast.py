@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, TextArea
 
@@ -30,15 +30,18 @@ class ContrastRequest:
 
 class ContrastDialog(ModalScreen[ContrastRequest | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+r", "run", "Run search")]
+    # Fits 80×24 (two 6-row lists, one row of fields, one of options); scrolls if a terminal is smaller.
     DEFAULT_CSS = """
     ContrastDialog { align: center middle; }
-    ContrastDialog > Vertical { width: 110; max-width: 98%; height: auto; max-height: 95%;
+    ContrastDialog > VerticalScroll { width: 110; max-width: 100%; height: auto; max-height: 100%;
         border: round $accent; background: $panel; padding: 0 1; }
-    ContrastDialog TextArea { height: 8; }
+    ContrastDialog TextArea { height: 6; }
     ContrastDialog Horizontal { height: auto; }
-    ContrastDialog #contrast-top { width: 12; }
-    ContrastDialog #contrast-target { width: 30; }
-    ContrastDialog Label { padding: 1 0 0 0; }
+    ContrastDialog #contrast-top { width: 9; }
+    ContrastDialog #contrast-target { width: 1fr; min-width: 12; }
+    ContrastDialog Horizontal Label { padding: 1 1 0 0; }
+    ContrastDialog Checkbox { width: 1fr; }
+    ContrastDialog Button { min-width: 9; }
     """
 
     def __init__(self, positive: list[str] | None = None, negative: list[str] | None = None, top: int = 10,
@@ -50,7 +53,7 @@ class ContrastDialog(ModalScreen[ContrastRequest | None]):
         self._top = top
 
     def compose(self) -> ComposeResult:
-        with Vertical() as v:
+        with VerticalScroll() as v:
             v.border_title = "Contrast search"
             v.border_subtitle = "ctrl+r runs · Esc cancels"
             yield Label("Prompts the features should fire on (one per line):")
@@ -58,11 +61,11 @@ class ContrastDialog(ModalScreen[ContrastRequest | None]):
             yield Label("Prompts they should not fire on (one per line):")
             yield TextArea(self._neg, id="contrast-neg")
             with Horizontal():
-                yield Label("target token (optional: rank by causal effect on it) ")
+                yield Label("target token (optional: causal search)")
                 yield Input(self._target, id="contrast-target")
-            with Horizontal():
-                yield Label("keep top ")
+                yield Label("keep top")
                 yield Input(str(self._top), id="contrast-top", type="integer")
+            with Horizontal():
                 yield Checkbox("make an ablation patch of the hits", True, id="contrast-patch")
                 yield Button("Run", id="contrast-run", variant="primary")
 

@@ -38,15 +38,28 @@ class Shading:
 
 def shade_context(ctx: ContextView, max_act: float, shading: Shading, highlight: str | None = None,
                   label: str = "") -> Text:
+    """The window as decoded text, each token's span shaded by the feature's activation on it (a
+    character made of several byte tokens takes the strongest of them); ``highlight`` underlines the
+    spans of that token."""
     out = Text(no_wrap=False, overflow="fold")
     if label:
         out.append(label, shading.muted)
     scale = max_act if max_act > 0 else 1.0
-    for tok, a in zip(ctx.tokens, ctx.acts):
-        style = shading.bg(max(0.0, a) / scale) or Style()
-        if highlight is not None and tok.strip() == highlight.strip():
+    # Without spans (older views): the tokens, spaced apart.
+    spans = ctx.spans or tuple(t if t.startswith(" ") else f" {t}" for t in ctx.tokens)
+    if ctx.spans and label:
+        out.append(" ")
+    run, hit = 0.0, False
+    for tok, a, span in zip(ctx.tokens, ctx.acts, spans):
+        run = max(run, a)
+        hit = hit or (highlight is not None and tok.strip() == highlight.strip())
+        if not span:
+            continue  # a character's bytes still incomplete: its text comes with a later token
+        style = shading.bg(max(0.0, run) / scale) or Style()
+        if hit:
             style += Style(underline=True, bold=True)
-        out.append(tok if tok.startswith(" ") else f" {tok}", style)
+        out.append(span, style)
+        run, hit = 0.0, False
     peak = max(ctx.acts) if ctx.acts else 0.0
     out.append(f"   max {peak:.2f}", shading.muted)
     return out

@@ -52,6 +52,7 @@ class FeatureRowsView(ScrollView, can_focus=True):
         self.ranked: frozenset[int] = frozenset()
 
     def set_order(self, rows: FeatureRows, order: np.ndarray, keep: int | None = None) -> None:
+        """Show ``order``; the cursor goes to feature ``keep`` if shown, else to the first row."""
         self.rows, self.order = rows, order
         self.virtual_size = Size(self.size.width, len(order))
         pos = 0
@@ -178,6 +179,7 @@ class FeatureTable(Vertical):
     def compose(self) -> ComposeResult:
         yield Input(placeholder="search: words in top tokens, #id, d:0.01..0.1, max>2   (Esc clears)",
                     id="search")
+        yield Static("", id="search-error", markup=False)
         yield Static(HEADER, id="table-header", markup=False)
         yield FeatureRowsView(id="rows")
 
@@ -206,11 +208,14 @@ class FeatureTable(Vertical):
     @on(Input.Changed, "#search")
     def _search_changed(self, event: Input.Changed) -> None:
         event.stop()
+        error = self.query_one("#search-error", Static)
         try:
             self.apply_query(event.value)
-            self.search.border_subtitle = ""
-        except ValueError as e:  # a bad term: say why under the box, keep the last good filter
-            self.search.border_subtitle = str(e)
+            error.update("")
+            error.display = False
+        except ValueError as e:  # a bad term: say why under the box (wrapped), keep the last good filter
+            error.update(f"✗ {e}")
+            error.display = True
 
     @on(Input.Submitted, "#search")
     def _search_submitted(self, event: Input.Submitted) -> None:
@@ -223,16 +228,19 @@ class FeatureTable(Vertical):
         # Esc in the search bar clears the filter (Input.Changed applies it) and leaves the bar.
         if event.key == "escape" and self.search.has_focus:
             self.search.value = ""
+            self.query_one("#search-error", Static).display = False
             self.remove_class("-searching")
             self.body.focus()
 
     def load(self, rows: FeatureRows, ranked: tuple[int, ...] | None = None, select: int | None = None) -> None:
+        """Show ``rows``; the cursor on ``select``, or (None) on the first row: a feature id of another
+        layer names an unrelated feature, so it is never carried over."""
         self.rows = rows
         if ranked is not None:
             self.ranked = tuple(ranked)
             self.sort = "rank" if ranked else ("density-" if self.sort == "rank" else self.sort)
         self.body.ranked = frozenset(self.ranked)
-        self._refresh_rows(keep=select if select is not None else self.selected)
+        self._refresh_rows(keep=select)
 
     def set_marks(self, marks: dict[int, str]) -> None:
         self.body.set_marks(marks)
@@ -240,19 +248,24 @@ class FeatureTable(Vertical):
     def next_sort(self) -> str:
         choices = [s for s in SORTS if s != "rank" or self.ranked]
         self.sort = choices[(choices.index(self.sort) + 1) % len(choices)] if self.sort in choices else choices[0]
-        self._refresh_rows(keep=self.selected)
+        self._refresh_rows(select_first=True)
         return SORT_LABELS[self.sort]
 
     def apply_query(self, text: str) -> None:
         """Filter by ``text`` (see ``tuiwb.tui.query``); a bad term raises ``ValueError``."""
         self.query_ = parse_query(text)
-        self._refresh_rows(keep=self.selected)
+        self._refresh_rows(select_first=True)
 
-    def _refresh_rows(self, keep: int | None = None) -> None:
+    def _refresh_rows(self, keep: int | None = None, select_first: bool = False) -> None:
+        """Re-filter and re-sort; ``select_first`` (after a sort or filter): the cursor on the top row,
+        scrolled into view, and the feature there selected."""
         if self.rows is None:
             return
+        before = self.selected
         mask = query_mask(self.rows, self.query_)
         order = sorted_order(self.rows, mask, self.sort, self.ranked)
         self.body.set_order(self.rows, order, keep=keep)
         self.border_subtitle = f"{len(order)}/{len(self.rows)} · {SORT_LABELS[self.sort]}"
         self.border_title = f"Features · layer {self.rows.layer}"
+        if select_first and self.selected is not None and self.selected != before:
+            self.post_message(self.Selected(self.rows.layer, self.selected))

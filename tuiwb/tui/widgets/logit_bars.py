@@ -26,12 +26,23 @@ def bar(frac: float, width: int) -> str:
 
 
 def _tok(t: str, w: int) -> str:
-    t = repr(t)[1:-1] if t.strip() != t or not t else t
+    """A token (already drawn visibly: ``␣``, ``<0xE2>``) in a ``w``-cell column; cut only past the cap."""
     return (t[: w - 1] + "…" if len(t) > w else t).ljust(w)
 
 
-class LogitBars(Widget):
-    """Renders a ``LogitsView``; ``None`` shows a placeholder. Colours are component classes."""
+def column_widths(width: int, longest: int, num_w: int = 6, delta_w: int = 7) -> tuple[int, int]:
+    """``(token, bar)`` cell widths: one bar width for both columns (one scale), the token column as
+    wide as the longest token shown; the bars shrink first (to one cell) before a token is cut."""
+    fixed = 3 + 3 + 2 * (1 + num_w + 1) + delta_w  # rank, divider, per side: gaps + number; the Δ
+    tok_w = max(4, min(longest, (width - fixed - 2) // 2))
+    return tok_w, max(1, (width - fixed - 2 * tok_w) // 2)
+
+
+class LogitBars(Widget, can_focus=True):
+    """Renders a ``LogitsView``; ``None`` shows a placeholder. Colours are component classes.
+
+    Focusable (it takes no keys): page 3 must have a pane to hold the focus, or Tab and Esc from the
+    prompt had nowhere to go on that page."""
 
     COMPONENT_CLASSES = {"logits--muted", "logits--base", "logits--patched", "logits--up", "logits--down",
                          "logits--kl"}
@@ -52,19 +63,17 @@ class LogitBars(Widget):
         if v is None:
             return Text("computing…", style="dim")
         width = max(40, self.size.width)
-        side = (width - 3) // 2
-        tok_w = max(6, min(14, side // 4))
-        num_w = 6
-        delta_w = 7
-        bar_w_base = max(3, side - tok_w - num_w - 5)
-        bar_w_patch = max(3, side - tok_w - num_w - delta_w - 5)
+        num_w, delta_w = 6, 7
+        rows = [r for r in (*v.base_top, *v.patched_top)]
+        tok_w, bar_w = column_widths(width, max((len(r.token) for r in rows), default=4), num_w, delta_w)
+        side = tok_w + bar_w + num_w + 2
         # Only each component's colour: the segments carry no background of their own (the pane's
         # shows through, whatever it is) and boldness stays with the layout below.
         c = {name.split("--")[1]: Style(color=self.get_component_rich_style(name).color)
              for name in self.COMPONENT_CLASSES}
         out = Text(no_wrap=True, overflow="crop")
-        head_l = f"{'#':>2} {'baseline':<{side - 3}}"
-        out.append(head_l[:side].ljust(side), Style(bold=True))
+        head_l = f"{'#':>2} {'baseline':<{side}}"
+        out.append(head_l[:side + 3].ljust(side + 3), Style(bold=True))
         out.append(" │ ", c["muted"])
         on = f"patched ({v.n_on} on)" if v.n_on else "patched (none on)"
         out.append(on[:side], Style(bold=True))
@@ -73,9 +82,9 @@ class LogitBars(Widget):
             b = v.base_top[i] if i < len(v.base_top) else None
             p = v.patched_top[i] if i < len(v.patched_top) else None
             out.append(f"{i + 1:>2} ", c["muted"])
-            self._cell(out, b, b.base if b else 0.0, tok_w, bar_w_base, num_w, c["base"])
+            self._cell(out, b, b.base if b else 0.0, tok_w, bar_w, num_w, c["base"])
             out.append(" │ ", c["muted"])
-            self._cell(out, p, p.patched if p else 0.0, tok_w, bar_w_patch, num_w, c["patched"])
+            self._cell(out, p, p.patched if p else 0.0, tok_w, bar_w, num_w, c["patched"])
             if p is not None:
                 d = p.delta
                 tone = c["up"] if d > 5e-4 else c["down"] if d < -5e-4 else c["muted"]
@@ -87,7 +96,7 @@ class LogitBars(Widget):
             now = f"{r.patched:.3f}, rank {r.patched_rank}" if r.patched_rank else \
                 f"≤{r.patched:.3f}, rank > {v.ranks_known}"
             out.append("\n")
-            out.append(f"↓ {_tok(r.token, tok_w).rstrip()}  {r.base:.3f} → {now} patched", c["down"])
+            out.append(f"↓ '{r.token}'  {r.base:.3f} → {now} patched", c["down"])
         return out
 
     @staticmethod

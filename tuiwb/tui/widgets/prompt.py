@@ -21,6 +21,9 @@ class PromptEditor(Input):
 
         text: str
 
+    class Left(Message):
+        """Esc: the app moves the focus to the current page's main pane (never a hidden one)."""
+
     def __init__(self, value: str = "", **kw):
         super().__init__(value=value, placeholder="type a prompt; Enter recomputes", **kw)
         self._timer = None
@@ -38,4 +41,6 @@ class PromptEditor(Input):
         self.post_message(self.Edited(self.value))
 
     def action_leave(self) -> None:
-        self.screen.focus_next()
+        # Not focus_next: on a narrow page whose pane had nothing focusable that came back here,
+        # a keyboard trap (issue 18). The app knows the page; it picks the pane.
+        self.post_message(self.Left())

@@ -21,6 +21,8 @@ class StatusBar(Widget):
     """Last toggle: key press → logit pane repainted."""
     model_ms: reactive[float | None] = reactive(None)
     """The model's share of the last logits request."""
+    busy: reactive[str] = reactive("")
+    """The running long action and its progress ("" when none); shown first, so it is never cut."""
 
     def __init__(self, model: str = "", device: str = "", fixed: bool = False, **kw):
         super().__init__(**kw)
@@ -32,7 +34,8 @@ class StatusBar(Widget):
         return Text(self.line(), no_wrap=True, overflow="ellipsis")
 
     def line(self) -> str:
-        parts = [f"model {self.model}", f"device {self.device}"]
+        parts = [f"⏳ {self.busy}"] if self.busy else []
+        parts += [f"model {self.model}", f"device {self.device}"]
         if self.sae_layer is not None:
             parts.append(f"layer {self.sae_layer}")
         if self.fixed:
