@@ -67,8 +67,8 @@ def require_terminal() -> None:
 
     from tuiwb.errors import TuiwbError
 
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise TuiwbError("the workbench needs a terminal, and stdin or stdout is not one: run it in a terminal "
+    if not (sys.stdin.isatty() and sys.stdout.isatty() and sys.stderr.isatty()):  # textual draws on stderr
+        raise TuiwbError("the workbench needs a terminal, and stdin, stdout or stderr is not one: run it in a terminal "
                          "(over SSH: ssh -t), or use the scripting commands (tuiwb logits, demo --no-ui)")
 
 

@@ -42,20 +42,32 @@ def install_model(variant: str, target: Path) -> bool:
     return True
 
 
-def install_lab(variant: str, work: Path, layers) -> bool:
-    """Copy the shipped SAEs (those of ``layers`` that ``work`` lacks) and search result into ``work``."""
+def install_lab(variant: str, work: Path, layers, identity: str) -> bool:
+    """Put the shipped SAEs of ``layers`` (with their stats) and the search result into ``work``, where
+    they were made from activations of this ``identity`` (``ActivationStore.identity``) and the local
+    ones were not: a missing or stale local SAE is replaced, a current one (retrained) is kept."""
     src = shipped(variant)
-    if src is None or not all((src / "saes" / f"layer_{L}").is_dir() for L in layers):
+    if src is None or not all(_trained_on(src / "saes" / f"layer_{L}") == identity for L in layers):
         return False
+    installed = False
     for layer in layers:
         dst = work / "saes" / f"layer_{layer}"
-        if not dst.exists():
+        if _trained_on(dst) != identity:
             with staged_dir(dst) as tmp:
                 shutil.copytree(src / "saes" / f"layer_{layer}", tmp, dirs_exist_ok=True)  # keeps mtimes
                 publish_dir(tmp, dst)
-    if not (work / RESULT).exists():
+            installed = True
+    if installed or not (work / RESULT).exists():
         shutil.copy2(src / RESULT, work / RESULT)
     return True
+
+
+def _trained_on(sae_dir: Path) -> str | None:
+    """The trace identity an SAE directory records (None when absent or unreadable)."""
+    try:
+        return json.loads((sae_dir / "cfg.json").read_text())["tuiwb"]["trace_manifest_hash"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def build(variant: str, dest: Path = ROOT, reuse_model: bool = False) -> Path:

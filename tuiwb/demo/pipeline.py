@@ -176,18 +176,12 @@ def run_pipeline(cfg: DemoPipelineConfig | None = None, *, progress: bool = True
         if cfg.rebuild and work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-        if shipped and not cfg.rebuild and cfg.is_default():
-            from tuiwb.demo.assets import install_lab
-
-            install_lab(cfg.variant, work, cfg.layers or default_layers(_n_layers(model_dir)))
-        return _run_steps(cfg, work, model_dir, seconds, progress, say, loaded)
+        use_shipped = shipped and not cfg.rebuild and cfg.is_default()
+        return _run_steps(cfg, work, model_dir, seconds, progress, say, loaded, use_shipped)
 
 
-def _n_layers(model_dir: Path) -> int:
-    return int(json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"])
-
-
-def _run_steps(cfg, work: Path, model_dir: Path, seconds: dict, progress: bool, say: Say, loaded) -> DemoResult:
+def _run_steps(cfg, work: Path, model_dir: Path, seconds: dict, progress: bool, say: Say, loaded,
+               use_shipped: bool = False) -> DemoResult:
     from tuiwb.demo.model import payload_first_token
 
     result_file = work / RESULT_FILE
@@ -209,6 +203,10 @@ def _run_steps(cfg, work: Path, model_dir: Path, seconds: dict, progress: bool, 
     from tuiwb.trace.store import ActivationStore
 
     store = ActivationStore(acts_dir)
+    if use_shipped:  # the shipped SAEs, stats and result, where they fit these activations
+        from tuiwb.demo.assets import install_lab
+
+        install_lab(cfg.variant, work, layers, store.identity)
     saes_dir = work / "saes"
     t = time.perf_counter()
     trained = _train_step(cfg, store, acts_dir, saes_dir, layers, progress)
