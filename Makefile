@@ -20,7 +20,7 @@ demo: install
 
 # Rebuild the demo lab shipped in tuiwb/demo/assets/ from scratch (model, trace, SAEs, stats, search).
 demo-assets: install
-	$(BIN)/python -m tuiwb.demo.assets full small
+	$(BIN)/python -m tuiwb.demo.build_assets full small
 
 test: install
 	$(BIN)/python -m pytest -q tests tutorial.ipynb --nbmake

@@ -212,3 +212,22 @@ def _write_dir(out: str | Path, loaded, modules: dict, overwrite: bool, fields) 
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "tuiwb_version": __version__}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         return publish_dir(tmp, out)
+
+
+def lora_manifest_fields(p, edit, report, fidelity: float, src: str, held_src: str) -> dict:
+    """The patch-specific manifest fields of a freshly fitted LoRA patch."""
+    sae = edit.sae
+    cfg = getattr(sae, "cfg", None)
+    return {
+        "name": p.name, "layer": p.layer, "features": list(p.features), "mode": p.mode, "alpha": edit.alpha,
+        "method": "lora", "fidelity": fidelity,
+        "fidelity_data": held_src,
+        "sae": {"hook_name": getattr(sae, "hook_name", None), "d_sae": int(sae.W_dec.shape[0]),
+                "architecture": getattr(cfg, "architecture", None),
+                "weights_hash": getattr(cfg, "weights_hash", None)},
+        "fit": {"data": src, "n_tokens": report.n_tokens, "r2_closed_form": report.r2_closed,
+                "layer_rel_err_closed_form": report.rel_err_closed,
+                "layer_rel_err_refined": report.rel_err_refined, "refined": report.refined,
+                "refine_steps": report.refine_steps,
+                "seconds": round(report.seconds, 3)},
+    }

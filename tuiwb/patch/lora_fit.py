@@ -353,3 +353,32 @@ def mean_kl(loaded, sequences: Sequence[list[int]], ref_ctx, test_ctx, batch_siz
     if count == 0:
         raise TuiwbError("no held-out text to measure the LoRA's fidelity on")
     return max(total / count, 0.0)  # KL ≥ 0; float rounding can dip a hair below
+
+
+HELDOUT_FRACTION = 0.1
+"""Share of a text file's lines kept apart to measure a fit's fidelity on."""
+
+
+def fit_sequences(loaded, acts, data, split: str, max_tokens: int) -> tuple[list[list[int]], str]:
+    """Token sequences to fit on (``train``) or to measure fidelity on (``heldout``), and their source:
+    ``data`` (a text file or a list of texts, split by line), else the activation store's windows,
+    else the model directory's ``train.txt`` / ``heldout.txt``."""
+    from pathlib import Path
+
+    from tuiwb.trace.sources import read_lines
+
+    if data is not None:
+        if isinstance(data, (list, tuple)):
+            lines, src = [str(t) for t in data], "<texts>"
+        else:
+            lines, src = read_lines(data), str(data)
+        cut = max(1, int(len(lines) * (1 - HELDOUT_FRACTION))) if len(lines) > 1 else len(lines)
+        part = lines[:cut] if split == "train" else (lines[cut:] or lines)
+        return encode_texts(loaded, part, max_tokens=max_tokens), f"{src} ({split} part)"
+    if acts is not None:
+        return store_sequences(acts, split, max_tokens), f"activation store ({split})"
+    f = Path(str(loaded.model_id)) / ("train.txt" if split == "train" else "heldout.txt")
+    if f.is_file():
+        return encode_texts(loaded, read_lines(f), max_tokens=max_tokens), str(f)
+    raise TuiwbError("no text to fit the LoRA on: pass `data` (a text file, one document per line) or an "
+                     "activation store")

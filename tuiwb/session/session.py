@@ -34,14 +34,12 @@ from tuiwb.model.logits import LogitsResult, kl_divergence, next_token_logits, t
 from tuiwb.patch.config import FitConfig, check_rank
 from tuiwb.patch.edit import (FeatureEdit, Patch, check_name, default_name, edit_hook, format_mode, make_edit,
                               parse_mode)
-from tuiwb.patch.io import IDENTITY_KEYS
-from tuiwb.patch.lora_fit import FitReport, encode_texts, fit_lora, mean_kl, store_sequences
+from tuiwb.patch.io import IDENTITY_KEYS, lora_manifest_fields
+from tuiwb.patch.lora_fit import fit_lora, fit_sequences, mean_kl
 from tuiwb.patch.rack import LoraRack
 from tuiwb.sae.compat import check_same_model, check_sae_fits, sae_layer
-from tuiwb.trace.sources import read_lines
 
 _BASELINE_CACHE = 256
-_HELDOUT_FRACTION = 0.1
 
 
 class Session:
@@ -365,23 +363,7 @@ class Session:
     # ------------------------------------------------------------------------------------- LoRA
     def _sequences(self, split: str, data, max_tokens: int) -> tuple[list[list[int]], str]:
         """Token sequences to fit on (``train``) or measure fidelity on (``heldout``), and their source."""
-        data = data if data is not None else self.data
-        if data is not None:
-            if isinstance(data, (list, tuple)):
-                lines, src = [str(t) for t in data], "<texts>"
-            else:
-                lines, src = read_lines(data), str(data)
-            cut = max(1, int(len(lines) * (1 - _HELDOUT_FRACTION))) if len(lines) > 1 else len(lines)
-            part = lines[:cut] if split == "train" else (lines[cut:] or lines)
-            return encode_texts(self.loaded, part, max_tokens=max_tokens), f"{src} ({split} part)"
-        if self.acts is not None:
-            return store_sequences(self.acts, split, max_tokens), f"activation store ({split})"
-        model_dir = Path(str(self.loaded.model_id))
-        f = model_dir / ("train.txt" if split == "train" else "heldout.txt")
-        if f.is_file():
-            return encode_texts(self.loaded, read_lines(f), max_tokens=max_tokens), str(f)
-        raise TuiwbError("no text to fit the LoRA on: pass `data` (a text file, one document per line) or an "
-                         "activation store")
+        return fit_sequences(self.loaded, self.acts, data if data is not None else self.data, split, max_tokens)
 
     def build_lora(self, name: str, rank: int | None = None, data=None, fit: FitConfig | None = None,
                    progress: bool = False, fidelity_tokens: int = 4096) -> float:
@@ -410,7 +392,7 @@ class Session:
                 except BaseException:
                     self._rack.remove(name)  # leave the patch as it was: a hook patch
                     raise
-            self._lora_meta[name] = _meta(p, edit, report, fid, src, held_src)
+            self._lora_meta[name] = lora_manifest_fields(p, edit, report, fid, src, held_src)
             self._patches[name] = replace(p, method="lora", rank=cfg.rank, fidelity=fid)
             self._baseline.clear()  # the injected wrappers compute the same, but stay strictly safe
             self._sync()
@@ -494,22 +476,3 @@ class Session:
                 if p.enabled:
                     self._patches[p.name] = replace(p, enabled=False)
             self._sync()
-
-
-def _meta(p: Patch, edit: FeatureEdit, report: FitReport, fidelity: float, src: str, held_src: str) -> dict:
-    """The patch-specific manifest fields of a freshly fitted LoRA patch."""
-    sae = edit.sae
-    cfg = getattr(sae, "cfg", None)
-    return {
-        "name": p.name, "layer": p.layer, "features": list(p.features), "mode": p.mode, "alpha": edit.alpha,
-        "method": "lora", "fidelity": fidelity,
-        "fidelity_data": held_src,
-        "sae": {"hook_name": getattr(sae, "hook_name", None), "d_sae": int(sae.W_dec.shape[0]),
-                "architecture": getattr(cfg, "architecture", None),
-                "weights_hash": getattr(cfg, "weights_hash", None)},
-        "fit": {"data": src, "n_tokens": report.n_tokens, "r2_closed_form": report.r2_closed,
-                "layer_rel_err_closed_form": report.rel_err_closed,
-                "layer_rel_err_refined": report.rel_err_refined, "refined": report.refined,
-                "refine_steps": report.refine_steps,
-                "seconds": round(report.seconds, 3)},
-    }
