@@ -222,10 +222,14 @@ def test_cache_is_reused_and_invalidated(lab, monkeypatch, tmp_path):
     changed = load_or_compute(sae_dir, store, loaded, cfg=cfg, progress=False)
     assert calls == [1, 1] and not np.allclose(changed.max_act, first.max_act)
 
-    acts2 = tmp_path / "acts2.parquet"  # the same acts copied elsewhere with a changed manifest
+    acts2 = tmp_path / "acts2.parquet"  # the same trace elsewhere, at another time: what was recorded is equal
     shutil.copytree(store.path, acts2)
     man = json.loads((acts2 / "manifest.json").read_text())
     man["created"] = "another time"
+    (acts2 / "manifest.json").write_text(json.dumps(man))
+    load_or_compute(sae_dir, ActivationStore(acts2), loaded, cfg=cfg, progress=False)
+    assert calls == [1, 1]  # reused: a re-trace of the same text keeps the stats (the shipped demo lab relies on it)
+    man["text_field"] = "body"  # a trace recorded otherwise → recomputed
     (acts2 / "manifest.json").write_text(json.dumps(man))
     load_or_compute(sae_dir, ActivationStore(acts2), loaded, cfg=cfg, progress=False)
     assert calls == [1, 1, 1]

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tuiwb.errors import TuiwbError
+from tuiwb.trace.shards import manifest_identity
 from tuiwb.features.stats import CACHE_VERSION, FeatureStats, StatsConfig
 
 SAE_WEIGHT_FILES = ("sae_weights.safetensors", "sae.safetensors")
@@ -28,7 +29,7 @@ def cache_key(sae_dir: str | Path, store, cfg: StatsConfig) -> dict:
             files[name] = [st.st_size, st.st_mtime_ns]
     cfg_file = sae_dir / "cfg.json"
     cfg_hash = hashlib.sha256(cfg_file.read_bytes()).hexdigest()[:16] if cfg_file.exists() else None
-    acts = {"identity": store.identity}  # what was traced, not when or where: a re-trace keeps the cache
+    acts = {"identity": manifest_identity(store.manifest)}  # what was traced, not when or where
     settings = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}  # batch size changes no number
     return {"sae_files": files, "sae_cfg": cfg_hash, "acts": acts, "config": settings}
 

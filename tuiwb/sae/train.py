@@ -146,14 +146,14 @@ def train_saes(acts_path: str | Path, layers, out_dir: str | Path, cfg: TrainCon
     store = open_store(acts_path)
     todo = resolve_layers(store, layers)
     cfg.d_sae_for(int(store.d_model))  # k ≤ d_sae, checked before any work
-    if cfg.tokens > 2 * len(store):  # many epochs over little text: an SAE that memorises it
-        warn(f"`tokens` {cfg.tokens:,} is {cfg.tokens / max(1, len(store)):.0f}× the {len(store):,} traced tokens: "
-             "the SAEs will see the same text many times over; trace more text or lower `tokens`")
     out_dir = check_writable(Path(out_dir).expanduser(), "`out`")
     if out_dir.exists() and not out_dir.is_dir():
         raise TuiwbError(f"`out` {out_dir} is a file: give a directory (each layer goes to OUT/layer_N)")
     for layer in todo:
         _check_replace(out_dir / f"layer_{layer}", overwrite)
+    if cfg.tokens > 2 * len(store):  # many epochs over little text: an SAE that memorises it
+        warn(f"`tokens` {cfg.tokens:,} is {cfg.tokens / max(1, len(store)):.0f}× the {len(store):,} traced tokens: "
+             "the SAEs will see the same text many times over; trace more text or lower `tokens`")
     results: dict[int, dict] = {}
     threads = torch.get_num_threads()
     if cfg.threads:
