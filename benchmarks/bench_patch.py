@@ -98,10 +98,8 @@ def _busy_features(loaded, sae, n: int) -> list[int]:
     """The ``n`` features firing most on the prompt (a realistic, non-empty edit)."""
     import torch
 
-    from tuiwb.patch.lora_fit import run_to_layer
-
     with torch.no_grad():
-        h = run_to_layer(loaded, torch.tensor([loaded.encode(PROMPT)]), sae.layer)  # [1, pos, d]
+        h = loaded.run_to(torch.tensor([loaded.encode(PROMPT)]), sae.layer)  # [1, pos, d]
         acts = sae.encode(h[0])  # [pos, d_sae]
     return acts.sum(0).topk(n).indices.tolist()
 

@@ -10,7 +10,7 @@ from tiny_models import WORDS
 
 from tuiwb.sae.io import save_sae
 from tuiwb.errors import TuiwbError
-from tuiwb.features.search import filter_density, parse_density_range, search_by_id, search_by_token
+from tuiwb.features.search import filter_density, parse_range, search_by_id, search_by_token
 from tuiwb.features.stats import FeatureStats, StatsConfig
 from tuiwb.features.compute import compute_feature_stats
 from tuiwb.features.logit_effects import decoder_logits
@@ -173,7 +173,7 @@ def test_search_by_token_promotes(stats, lab):
 
 
 def test_search_by_density_and_id(stats):
-    lo, hi = parse_density_range("0.05:0.2")
+    lo, hi = parse_range("0.05:0.2")
     hits = filter_density(stats, lo, hi)
     want = {f for f in range(stats.d_sae) if lo <= stats.density[f] <= hi}
     assert set(hits.ids.tolist()) == want and len(want) > 0
@@ -184,7 +184,7 @@ def test_search_by_density_and_id(stats):
     with pytest.raises(TuiwbError, match="does not exist"):
         search_by_id(stats, [stats.d_sae])
     with pytest.raises(TuiwbError):
-        parse_density_range("0.1")
+        parse_range("0.1")
     with pytest.raises(TuiwbError):
         search_by_token(stats, "zebra", tokenizer=None)
 

@@ -60,7 +60,7 @@ def add_parser(sub, parents) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
-    from tuiwb.features.search import filter_density, parse_density_range, parse_ids, search_by_id, search_by_token
+    from tuiwb.features.search import filter_density, parse_range, parse_ids, search_by_id, search_by_token
     from tuiwb.features.stats import StatsConfig
     from tuiwb.features.cache import load_or_compute
     from tuiwb.sae.compat import check_sae_fits
@@ -109,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
     elif args.ids:
         hits = search_by_id(stats, parse_ids(args.ids), key=args.sort)
     else:
-        lo, hi = parse_density_range(args.density) if args.density else (0.0, 1.0)
+        lo, hi = parse_range(args.density) if args.density else (0.0, 1.0)
         hits = filter_density(stats, lo, hi, key=args.sort)
     if args.density and (args.search or args.contrast or args.ids):
-        lo, hi = parse_density_range(args.density)
+        lo, hi = parse_range(args.density)
         keep = (stats.density[hits.ids] >= lo) & (stats.density[hits.ids] <= hi)
         hits = type(hits)(hits.ids[keep], hits.scores[keep])
     rows = hits.rows(stats, args.top)

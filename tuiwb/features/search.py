@@ -149,11 +149,6 @@ def parse_number(s: str, default: float) -> float:
         raise RangeError(f"not a number: {s.strip()!r} (a range is LO..HI, e.g. 1e-4..1e-2)") from None
 
 
-def parse_density_range(text: str) -> tuple[float, float]:
-    """A density range for ``features --density`` (see :func:`parse_range`)."""
-    return parse_range(text, (0.0, 1.0))
-
-
 def parse_ids(text: str) -> list[int]:
     """``"3,17,42"`` → ``[3, 17, 42]``."""
     try:

@@ -164,12 +164,12 @@ class LoadedModel:
             for h in handles:
                 h.remove()
 
-    def run_to(self, ids: torch.Tensor, stop: HookPoint, *, attention_mask: torch.Tensor | None = None
-               ) -> torch.Tensor:
+    def run_to(self, ids: torch.Tensor, stop: HookPoint, *, attention_mask: torch.Tensor | None = None,
+               hooks: Iterable[Hook] = (), pre_hooks: Iterable[Hook] = ()) -> torch.Tensor:
         """Forward ``ids [B, T]`` only until ``stop`` has run; its output ``[B, T, d]``.
 
-        Nothing after the stop point (later blocks, the unembedding) is computed. Combine with
-        :meth:`hooks` for what should happen on the way.
+        Nothing after the stop point (later blocks, the unembedding) is computed. ``hooks`` /
+        ``pre_hooks`` (as for :meth:`hooks`) run on the way, for this forward only.
         """
         box = {}
 
@@ -177,7 +177,7 @@ class LoadedModel:
             box["h"] = hidden(output)
             raise StopForward
 
-        with self.hooks([(stop, grab)]):
+        with self.hooks([*hooks, (stop, grab)], pre_hooks):
             try:
                 self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False)
             except StopForward:

@@ -108,12 +108,6 @@ def store_sequences(store, split: str, max_tokens: int) -> list[list[int]]:
     return out
 
 
-def run_to_layer(loaded, ids: torch.Tensor, layer: int, pre_hooks=()) -> torch.Tensor:
-    """Block ``layer``'s output ``[B, T, d]``, the forward stopped there (with extra pre-hooks)."""
-    with loaded.hooks(pre_hooks=pre_hooks):
-        return loaded.run_to(ids, layer)
-
-
 @contextlib.contextmanager
 def factor_hooks(loaded, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
     """Add ``B @ A @ x`` to each named module's output (plain torch: differentiable, any quant)."""
@@ -167,7 +161,7 @@ def record_stats(loaded, edit: FeatureEdit, sequences, cfg: FitConfig, progress:
     with as_progress(progress).task(f"recording layer {layer}", cfg.fit_tokens, "tok") as task, torch.no_grad():
         hooks = [(writers["attn_out"], grab("attn")), (writers["mlp_out"], grab("mlp"))]
         for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, device):
-            h = run_to_layer(loaded, ids, layer, hooks)  # [B, T, d]
+            h = loaded.run_to(ids, layer, pre_hooks=hooks)  # [B, T, d]
             m = mask.reshape(-1)  # [B*T]
             xa = acc["attn"].reshape(-1, acc["attn"].shape[-1])[m]  # [N, d_attn]
             xm = acc["mlp"].reshape(-1, acc["mlp"].shape[-1])[m]  # [N, d_ff]
@@ -268,7 +262,7 @@ def _refine_data(loaded, edit, sequences, cfg):
     layer = sae_layer(edit.sae)
     with torch.no_grad():
         for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, loaded.device):
-            h = run_to_layer(loaded, ids, layer)  # [B, T, d]
+            h = loaded.run_to(ids, layer)  # [B, T, d]
             delta = edit.delta(h).to(h.device, torch.float32)  # [B, T, d]
             target = h.float() + delta  # [B, T, d]
             out.append((ids, mask, target, float((delta.pow(2).sum(-1) * mask).sum())))
@@ -283,7 +277,7 @@ def _layer_error(loaded, layer, factors, data) -> float:
     num = den = 0.0
     with torch.no_grad(), factor_hooks(loaded, factors):
         for ids, mask, target, dd in data:
-            h = run_to_layer(loaded, ids, layer).float()  # [B, T, d]
+            h = loaded.run_to(ids, layer).float()  # [B, T, d]
             num += float(((h - target).pow(2).sum(-1) * mask).sum())
             den += dd
     return num / den if den > 0 else math.inf
@@ -316,7 +310,7 @@ def _refine(loaded, layer, factors, data, cfg: FitConfig, progress: bool):
                     break  # plateau: more steps would cost time for nothing
             ids, mask, target, dd = data[step % len(data)]
             with torch.enable_grad():
-                h = run_to_layer(loaded, ids, layer).float()  # [B, T, d]
+                h = loaded.run_to(ids, layer).float()  # [B, T, d]
                 # One normaliser for all batches: an epoch's mean loss is then exactly the global
                 # ‖h_lora − h_hook‖²/‖Δ‖² that decides whether the refinement is kept.
                 loss = ((h - target).pow(2).sum(-1) * mask).sum() / norm

@@ -121,12 +121,6 @@ def _normal_mode(fn):
     return wrapper
 
 
-def _run(loaded, ids: torch.Tensor, stop_layer: int, pairs=()) -> torch.Tensor:
-    """Forward ``ids [B, T]`` until ``stop_layer`` (``EMBED``: the embeddings) has run; its output ``[B, T, d]``."""
-    with loaded.hooks(pairs):
-        return loaded.run_to(ids, stop_layer)
-
-
 # ---- frozen norms ------------------------------------------------------------------------------
 def _norm_kind(module: nn.Module) -> str | None:
     """``"ln"`` for LayerNorm (frozen factor: 1/σ), ``"rms"`` for any RMSNorm (frozen factor: the
@@ -203,7 +197,7 @@ def real_run(loaded, ids: Sequence[int], layers: Sequence[int], freeze_norms: bo
             pairs.append((m, _record_hook(kind, run.norms[m])))
     x = torch.tensor([list(ids)], device=loaded.device)  # [1, T]
     with torch.no_grad():
-        _run(loaded, x, layers[-1], pairs)
+        loaded.run_to(x, layers[-1], hooks=pairs)
     run.norms = {m: v for m, v in run.norms.items() if v}
     return run
 
@@ -320,7 +314,7 @@ def _grad_chunk(loaded, sae_t, ids, layer, upstream, targets, ks, gate, al, base
         x = torch.tensor([list(ids)], device=loaded.device).expand(R, -1)  # [R, T]
         h_in = (base + al * (h_real - base)).detach().requires_grad_(True)  # [R, T, d]
         pairs = [*_frozen_pairs(loaded, frozen), (upstream, _splice_hook(h_in, keep))]
-        h_L = _run(loaded, x, layer, pairs)  # [R, T, d]
+        h_L = loaded.run_to(x, layer, hooks=pairs)  # [R, T, d]
         pos = torch.tensor([targets[k].pos for k in ks], device=h_L.device)  # [R]
         feat = torch.tensor([targets[k].feature for k in ks], device=h_L.device)  # [R]
         h_at = h_L[torch.arange(R, device=h_L.device), pos]  # [R, d]
@@ -348,7 +342,7 @@ def _baseline_values(loaded, sae_t, ids, layer, upstream, targets, gate, base, h
     x = torch.tensor([list(ids)], device=loaded.device)  # [1, T]
     with torch.no_grad():
         pairs = [*_frozen_pairs(loaded, frozen), (upstream, _splice_hook(base.unsqueeze(0), keep))]
-        h_L = _run(loaded, x, layer, pairs)  # [1, T, d]
+        h_L = loaded.run_to(x, layer, hooks=pairs)  # [1, T, d]
         pos = [t.pos for t in targets]
         feat = torch.tensor([t.feature for t in targets], device=h_L.device)  # [K]
         vals = _gated(sae_t, h_L[0, pos].to(sae_t.W_enc.dtype), feat, gate.to(h_L.device))  # [K]
