@@ -129,10 +129,10 @@ def config_from(cls, args: argparse.Namespace, **extra):
         if not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
-        if f.metadata.get("tuiwb_flag", {}).get("repeat") and value is not None:
+        if f.metadata.get("tuiwb_flag", {}).get("repeat"):
+            if value is None:
+                continue  # not given: the field's own default
             value = [x.strip() for v in value for x in str(v).split(",") if x.strip()]
-        if value is None and f.metadata.get("tuiwb_flag", {}).get("repeat"):
-            continue
         kwargs[f.name] = value
     kwargs.update(extra)
     return cls(**kwargs)
