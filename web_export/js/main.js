@@ -14,6 +14,7 @@ const $ = (id) => document.getElementById(id);
 const initial = readState();
 let target = initial.target;
 let prompt = "";
+let graphFromServer = false;  // a loaded file's features belong to another model: no feature card for them
 
 function showError(line) {
   console.warn(`tuiwb: ${line}`);
@@ -40,7 +41,7 @@ const graph = new GraphView($("graph"), {
   tooltip: $("tooltip"), pruneInput: $("prune"), pruneLabel: $("prune-label"), note: $("graph-note"),
   onChange: saveUrl,
   onSelect: (n) => {
-    if (n && n.kind === "feature" && Number.isFinite(n.layer) && n.layer >= 0 && Number.isFinite(n.feature)) {
+    if (n && graphFromServer && n.kind === "feature" && Number.isFinite(n.layer) && n.layer >= 0 && Number.isFinite(n.feature)) {
       features.open(n.layer, n.feature);
     }
   },
@@ -92,13 +93,16 @@ async function loadProvenance() {
   $("graph-note").textContent = "computing provenance…";
   try {
     const json = await api.provenance({ layer: target.layer, feature: target.feature, prompt: prompt || undefined });
+    graphFromServer = true;
     showGraph(json, `L${target.layer} F${target.feature}${prompt ? ` on ${JSON.stringify(prompt)}` : ""}`);
   } catch (e) { $("graph-note").textContent = ""; showError(e.message); }
 }
 
 async function loadGraphFile(file) {
   try {
-    showGraph(JSON.parse(await file.text()), `file ${file.name}`);
+    const json = JSON.parse(await file.text());
+    graphFromServer = false;
+    showGraph(json, `file ${file.name}`);
     target = null;
     saveUrl();
   } catch (e) { showError(`${file.name}: ${e.message}`); }
