@@ -171,6 +171,16 @@ def circuit_tracer_graph() -> dict:
             "nodes": nodes, "links": links}
 
 
+def download(p, button: str, tmp_path: Path):
+    """Click an export button; the downloaded file's JSON (or text)."""
+    with p.expect_download() as d:
+        p.click(button)
+    path = tmp_path / d.value.suggested_filename
+    d.value.save_as(path)
+    text = path.read_text()
+    return json.loads(text) if path.suffix == ".json" else text
+
+
 def test_a_circuit_tracer_file_loads_and_the_view_goes_in_the_url(page, tmp_path):
     path = tmp_path / "graph.json"
     path.write_text(json.dumps(circuit_tracer_graph()))
@@ -192,6 +202,11 @@ def test_a_circuit_tracer_file_loads_and_the_view_goes_in_the_url(page, tmp_path
     assert p.locator("#graph g.node[data-id='0_7_0'].pinned").count() == 1
     url = p.evaluate("location.search")
     assert "sel=0_41_1" in url and "pin=0_7_0" in url and "thr=0.5" in url
+    exported = download(p, "#export-json", tmp_path)
+    assert exported["qParams"]["pinnedIds"] == ["0_7_0"] and exported["qParams"]["clickedId"] == "0_41_1"
+    assert [n["node_id"] for n in exported["nodes"]] == [n["node_id"] for n in circuit_tracer_graph()["nodes"]]
+    svg = download(p, "#export-svg", tmp_path)
+    assert svg.startswith("<svg") and svg.count('class="node ') == 4 and "stroke-width" in svg
     p.keyboard.press("Escape")
     assert p.locator("#graph g.node.selected, #graph g.node.pinned").count() == 0
     assert page.errors == []

@@ -7,19 +7,25 @@ export function exportJson(model, { pinned, selected }) {
   download(new Blob([JSON.stringify(ct, null, 1)], { type: "application/json" }), `${slug(ct)}.json`);
 }
 
+// Presentation properties copied from the live page onto every element: a standalone SVG renderer
+// (browsers, rsvg, Inkscape) then draws it the same without the page's stylesheet or CSS variables.
+const PROPS = ["fill", "fill-opacity", "stroke", "stroke-width", "stroke-opacity", "stroke-dasharray", "opacity",
+  "font-size", "font-family", "text-anchor"];
+
 export function exportSvg(svgEl, model) {
   const clone = svgEl.cloneNode(true);
   clone.setAttribute("xmlns", "http://www.w3.org/2000/svg");
-  const root = getComputedStyle(document.documentElement);
-  const vars = ["--bg", "--fg", "--muted", "--line", "--pos", "--neg", "--err", "--sel", "--patched"]
-    .map((v) => `${v}: ${root.getPropertyValue(v)};`).join(" ");
-  const rules = [];
-  for (const sheet of document.styleSheets) {
-    for (const rule of sheet.cssRules) if (rule.selectorText && rule.selectorText.includes("svg")) rules.push(rule.cssText);
-  }
-  const style = document.createElementNS("http://www.w3.org/2000/svg", "style");
-  style.textContent = `svg { ${vars} background: ${root.getPropertyValue("--panel")}; font-family: sans-serif; } ${rules.join("\n")}`;
-  clone.insertBefore(style, clone.firstChild);
+  const live = [svgEl, ...svgEl.querySelectorAll("*")];
+  const copies = [clone, ...clone.querySelectorAll("*")];
+  live.forEach((el, i) => {
+    const cs = getComputedStyle(el);
+    copies[i].setAttribute("style", PROPS.map((p) => `${p}:${cs.getPropertyValue(p)}`).join(";"));
+  });
+  const box = svgEl.viewBox.baseVal;
+  const bg = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+  Object.entries({ x: box.x, y: box.y, width: box.width, height: box.height,
+    fill: getComputedStyle(document.documentElement).getPropertyValue("--panel").trim() }).forEach(([k, v]) => bg.setAttribute(k, v));
+  clone.insertBefore(bg, clone.firstChild);
   const text = new XMLSerializer().serializeToString(clone);
   download(new Blob([text], { type: "image/svg+xml" }), `${slug(model.ct)}.svg`);
 }
