@@ -164,7 +164,7 @@ def circuit_tracer_graph() -> dict:
              {"source": "0_41_1", "target": "27_9_1", "weight": 1.5},
              {"source": "0_7_0", "target": "27_9_1", "weight": -0.2},
              {"source": "0_1_1", "target": "27_9_1", "weight": 0.4}]
-    return {"metadata": {"slug": "blue-demo", "scan": "hand-written", "prompt": "<bos> blue",
+    return {"metadata": {"slug": "blue-demo", "scan": "hand-written", "transcoder_list": [], "prompt": "<bos> blue",
                          "prompt_tokens": ["<bos>", " blue"], "schema_version": 1, "info": {},
                          "pruning_settings": {"node_threshold": 0.8, "edge_threshold": 0.98}},
             "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""},
