@@ -112,22 +112,20 @@ def test_trigger_feature_graph_has_two_upstream_layers(page, demo):
     assert label == f"{len(layers)} of {len(layers)} nodes shown"
 
 
-def test_trigger_toggle_pushes_the_payload_down_and_back(page, demo):
-    _, _, result = demo
-    before = bars(page)
-    top = before[0]
+def test_trigger_toggle_pushes_the_payload_down_and_back(page):
+    p = page.page
+    top = bars(p)[0]
     assert top["p"] > 0.5 and top["p"] == pytest.approx(top["p_base"])  # the payload leads while the trigger is in
-    toggle = page.page.locator("#patches li[data-patch='trigger'] .toggle")
+    toggle = p.locator("#patches li[data-patch='trigger'] .toggle")
     toggle.click()
-    wait_p(page.page, top["token"], f"p < {top['p'] / 10}")
-    after = bars(page)
-    assert after[0]["token"] != top["token"]
-    assert p_of(page.page, top["token"]) < top["p"] / 10
+    wait_p(p, top["token"], f"p < {top['p'] / 10}")
+    assert bars(p)[0]["token"] != top["token"]
     toggle.click()
-    wait_p(page.page, top["token"], f"Math.abs(p - {top['p']}) < 1e-6")
-    assert bars(page)[0]["token"] == top["token"]
-    timings = page.page.evaluate("window.__tuiwbTimings")
+    wait_p(p, top["token"], f"Math.abs(p - {top['p']}) < 1e-6")
+    assert bars(p)[0]["token"] == top["token"]
+    timings = p.evaluate("window.__tuiwbTimings")
     assert len(timings) == 2 and all(t["click_to_paint_ms"] > 0 for t in timings)
+    assert page.errors == []
 
 
 def test_a_toggle_made_through_the_session_appears_in_the_page(page, demo):
