@@ -83,13 +83,14 @@ def p_of(page, token: str) -> float:
     return next((b["p"] for b in bars(page) if b["token"] == token), 0.0)
 
 
-def wait_p(page, token: str, cond: str) -> None:
-    """Wait until the chart's p of ``token`` (0 if absent) satisfies the JS condition ``cond`` on ``p``."""
-    page.wait_for_function("""([token, cond]) => {
+def wait_p(page, token: str, below: float | None = None, near: float | None = None) -> None:
+    """Wait until the chart's p of ``token`` (0 if absent) is below ``below`` or within 1e-6 of ``near``
+    (no eval in the page: the server's CSP forbids it)."""
+    page.wait_for_function("""([token, below, near]) => {
         const g = [...document.querySelectorAll('#bars g.bar')].find(g => g.dataset.token === token);
         const p = g ? Number(g.dataset.p) : 0;
-        return Function('p', 'return ' + cond)(p);
-    }""", arg=[token, cond], timeout=15_000)
+        return below !== null ? p < below : Math.abs(p - near) < 1e-6;
+    }""", arg=[token, below, near], timeout=15_000)
 
 
 def test_page_loads_clean_and_only_talks_to_loopback(page):
@@ -118,10 +119,10 @@ def test_trigger_toggle_pushes_the_payload_down_and_back(page):
     assert top["p"] > 0.5 and top["p"] == pytest.approx(top["p_base"])  # the payload leads while the trigger is in
     toggle = p.locator("#patches li[data-patch='trigger'] .toggle")
     toggle.click()
-    wait_p(p, top["token"], f"p < {top['p'] / 10}")
+    wait_p(p, top["token"], below=top["p"] / 10)
     assert bars(p)[0]["token"] != top["token"]
     toggle.click()
-    wait_p(p, top["token"], f"Math.abs(p - {top['p']}) < 1e-6")
+    wait_p(p, top["token"], near=top["p"])
     assert bars(p)[0]["token"] == top["token"]
     timings = p.evaluate("window.__tuiwbTimings")
     assert len(timings) == 2 and all(t["click_to_paint_ms"] > 0 for t in timings)
@@ -133,7 +134,7 @@ def test_a_toggle_made_through_the_session_appears_in_the_page(page, demo):
     top = bars(page.page)[0]
     session.toggle("trigger", True)  # what the TUI does
     page.page.wait_for_selector("#patches li[data-patch='trigger'][data-on='true']", timeout=15_000)
-    wait_p(page.page, top["token"], f"p < {top['p'] / 10}")
+    wait_p(page.page, top["token"], below=top["p"] / 10)
     assert page.page.is_checked("#patches li[data-patch='trigger'] .toggle")
     session.toggle("trigger", False)
     page.page.wait_for_selector("#patches li[data-patch='trigger'][data-on='false']", timeout=15_000)
@@ -184,16 +185,16 @@ def test_a_circuit_tracer_file_loads_and_the_view_goes_in_the_url(page, tmp_path
     path.write_text(json.dumps(circuit_tracer_graph()))
     p = page.page
     p.set_input_files("#graph-file", str(path))
-    p.wait_for_function("document.querySelector('#graph-title').textContent.includes('graph.json')")
+    p.wait_for_function("() => document.querySelector('#graph-title').textContent.includes('graph.json')")
     assert p.text_content("#prune-label") == "6 of 6 nodes shown"
     kinds = p.eval_on_selector_all("#graph g.node", "gs => gs.map(g => g.dataset.kind).sort()")
     assert kinds == ["embedding", "embedding", "error", "feature", "feature", "logit"]
     assert p.locator("#graph g.node.root").get_attribute("data-id") == "27_9_1"  # the target logit on top
     ys = {n: p.locator(f"#graph g.node[data-id='{n}']").bounding_box()["y"] for n in ("E_1010_1", "0_41_1", "27_9_1")}
     assert ys["E_1010_1"] > ys["0_41_1"] > ys["27_9_1"]  # embeddings at the bottom, layers upwards
-    p.locator("#graph g.node[data-id='0_41_1']").click()
+    p.locator("#graph g.node[data-id='0_41_1'] path").click()
     assert p.locator("#graph path.link.in").count() == 1 and p.locator("#graph path.link.out").count() == 1
-    p.locator("#graph g.node[data-id='0_7_0']").click(modifiers=["Control"])
+    p.locator("#graph g.node[data-id='0_7_0'] path").click(modifiers=["Control"])
     p.fill("#prune", "0.5")
     p.dispatch_event("#prune", "input")
     assert p.text_content("#prune-label") == "4 of 6 nodes shown"  # root, 0_41 (0.6), E_1010 (0.5) and the pinned 0_7

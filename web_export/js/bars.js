@@ -12,9 +12,14 @@ export class BarChart {
     this.paints = 0;
   }
 
-  /** `top`: [{token, id, p, p_base, dp}] as the server sends it; order is by patched p. */
-  paint(top, kl) {
-    const rows = [...top].sort((a, b) => b.p - a.p);
+  /**
+   * `top`: [{token, id, p, p_base, dp}], the patched top tokens; `baseTop` (optional, same rows): the
+   * baseline's top tokens, so a token a patch pushed out of the top still shows, at the bottom, with its Δ.
+   */
+  paint(top, kl, baseTop = []) {
+    const byId = new Map(top.map((r) => [r.id, r]));
+    for (const r of baseTop || []) if (!byId.has(r.id)) byId.set(r.id, r);
+    const rows = [...byId.values()].sort((a, b) => b.p - a.p);
     const width = Math.max(this.svg.node().clientWidth || 300, 200);
     const height = rows.length * ROW + 4;
     const x = d3.scaleLinear().domain([0, Math.max(1e-9, d3.max(rows, (r) => Math.max(r.p, r.p_base)))])

@@ -61,7 +61,7 @@ const patches = new PatchList($("patches"), {
 const socket = new Socket({
   onHello: (msg) => { if (msg.state) applyState(msg.state, false); },
   onLogits: (msg) => {
-    bars.paint(msg.top || [], msg.kl);
+    bars.paint(msg.top || [], msg.kl, msg.base_top);
     if (msg.patches) patches.render(msg.patches);
     if (typeof msg.prompt === "string" && document.activeElement !== $("prompt")) $("prompt").value = msg.prompt;
   },
@@ -70,7 +70,9 @@ const socket = new Socket({
 });
 
 function applyState(state, first) {
-  $("model").textContent = `${state.model} · ${state.n_layers} layers`;
+  // A local checkpoint's id is its path: its last part says enough, the tooltip has the rest.
+  $("model").textContent = `${String(state.model).split("/").filter(Boolean).pop()} · ${state.n_layers} layers`;
+  $("model").title = state.model;
   patches.render(state.patches || []);
   if (first) {
     prompt = state.prompt || "";
@@ -139,7 +141,7 @@ async function start() {
     graph.selected = initial.selected;
     graph.threshold = initial.threshold;
     $("prune").value = String(initial.threshold);
-    const first = api.logits(prompt).then((r) => bars.paint(r.top || [], r.kl)).catch((e) => showError(e.message));
+    const first = api.logits(prompt).then((r) => bars.paint(r.top || [], r.kl, r.base_top)).catch((e) => showError(e.message));
     await Promise.all([first, loadProvenance(), features.search()]);
     if (graph.selected && graph.model && graph.model.byId.has(graph.selected)) graph.select(graph.selected);
     saveUrl();
