@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from tuiwb.errors import TuiwbError, warn
+from tuiwb.server.config import LOOPBACK, CompanionConfig
 from tuiwb.server.security import LOOPBACK_NAMES, host_name
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 START_TIMEOUT_S = 30.0
 
 
@@ -83,7 +83,8 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def start_server(session, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+def start_server(session, *, host: str = CompanionConfig.host, port: int = CompanionConfig.port,
+                 token: str | None = None,
                  roots: Sequence[Path] = (), web_dir: Path | None = None, target: dict | None = None,
                  ranked: dict | None = None, log_level: str = "warning") -> ServerHandle:
     """Serve ``session`` on ``host:port`` (0: a free port) in a daemon thread; returns once it accepts
@@ -91,16 +92,19 @@ def start_server(session, *, host: str = "127.0.0.1", port: int = 8765, token: s
     import uvicorn
 
     from tuiwb.server.app import create_app
+    from tuiwb.server.static import D3_MISSING, d3_path, default_web_dir
 
-    if not 0 <= int(port) <= 65535:
-        raise TuiwbError(f"`port` {port} is not a port number (0-65535)")
+    CompanionConfig(host=host, port=int(port))  # checks both
     token = token or secrets.token_urlsafe(24)
+    if d3_path(Path(web_dir) if web_dir is not None else default_web_dir()) is None:
+        warn(D3_MISSING)
+    check_host(host)
     extra = () if host in LOOPBACK else (host,)
     app = create_app(session, token=token, roots=roots, web_dir=web_dir, target=target, ranked=ranked,
                      extra_hosts=_extra_names(extra))
     sock = _bind(host, int(port))
     bound = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level=log_level, ws="websockets", lifespan="on", access_log=False,
+    config = uvicorn.Config(app, log_level=log_level, ws="websockets-sansio", lifespan="on", access_log=False,
                             ws_max_size=1 << 20, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="tuiwb-companion", daemon=True)
