@@ -57,6 +57,22 @@ class Lab:
         """The Session's re-entrant lock: several Session calls as one step."""
         return self.session.atomic()
 
+    # --- shared state: every client of the Session sees the same patches and prompt ------------
+    def subscribe(self, callback):
+        """``Session.subscribe``: ``callback(event)`` on every patch/prompt change; returns ``unsubscribe()``."""
+        return self.session.subscribe(callback)
+
+    def changes_from(self, origin: str):
+        """``Session.changes_from``: label this thread's changes (a client ignores its own events)."""
+        return self.session.changes_from(origin)
+
+    @property
+    def prompt(self) -> str:
+        return self.session.prompt
+
+    def set_prompt(self, text: str) -> None:
+        self.session.prompt = text
+
     # --- static facts ------------------------------------------------------------------------
     def info(self) -> LabInfo:
         loaded = self.session.loaded
