@@ -37,7 +37,7 @@ def web_dir(tmp_path):
     (d / "js" / "main.js").write_text("export const ok = 1;\n")
     (d / "node_modules" / "d3" / "dist").mkdir(parents=True)
     (d / "node_modules" / "d3" / "dist" / "d3.min.js").write_text("window.d3 = {};\n")
-    (d / "node_modules" / "secret.js").write_text("nope\n")
+    (d / "node_modules" / "secret.js").write_text("SECRET-CONTENT\n")
     return d
 
 

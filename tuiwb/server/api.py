@@ -6,7 +6,6 @@ Session's lock) never blocks the event loop that serves the WebSocket.
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 from typing import Literal, Sequence
@@ -123,11 +122,14 @@ def router(lab: Lab, *, roots: Sequence[Path], state_extra: dict) -> APIRouter:
         the static view)."""
         if format not in FORMATS:
             raise TuiwbError(f"unknown `format` {format!r}: use one of {', '.join(FORMATS)}")
-        convert = _circuit_tracer() if format == "circuit-tracer" else None
         text = session.prompt if prompt is None else prompt
         graph = lab.provenance_graph(layer_or_default(layer), feature, text if text.strip() else None,
                                      depth=depth, patched=patched, method=method, top=top)
-        return convert(graph) if convert is not None else graph.to_json()
+        if format == "circuit-tracer":
+            from tuiwb.provenance.circuit_tracer import to_circuit_tracer
+
+            return to_circuit_tracer(graph, model=str(lab.info().model_id))
+        return graph.to_json()
 
     @r.get("/patches")
     def patches() -> list[dict]:
@@ -159,10 +161,3 @@ def router(lab: Lab, *, roots: Sequence[Path], state_extra: dict) -> APIRouter:
 
     return r
 
-
-def _circuit_tracer():
-    """``to_circuit_tracer`` (tuiwb.provenance.circuit_tracer), or a 400 saying this build lacks it."""
-    try:
-        return importlib.import_module("tuiwb.provenance.circuit_tracer").to_circuit_tracer
-    except (ModuleNotFoundError, AttributeError):
-        raise TuiwbError("format 'circuit-tracer' is not available in this build: use format=tuiwb") from None
