@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     session = prepare_session(result)
     session.prompt = result.prompt
     model_ms = model_only(session, result.prompt, TRIGGER_PATCH, args.n)
-    handle = start_server(session, port=0)
+    handle = start_server(session, port=0, roots=[result.saes_dir],
+                          target={"layer": result.trigger_layer, "feature": result.trigger_features[0]})
     try:
         target = f"{result.trigger_layer}:{result.trigger_features[0]}"
         timings = drive_page(f"{handle.url}&target={target}", TRIGGER_PATCH, args.n)

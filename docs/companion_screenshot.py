@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     result = run_pipeline(DemoPipelineConfig(variant=args.variant), progress=False, say=lambda s: None)
     session = prepare_session(result)
     session.prompt = result.prompt
-    handle = start_server(session, port=0)
+    handle = start_server(session, port=0, roots=[result.saes_dir],
+                          target={"layer": result.trigger_layer, "feature": result.trigger_features[0]})
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)

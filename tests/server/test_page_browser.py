@@ -40,7 +40,8 @@ def demo(demo_small_saes):
     result = demo_small_saes.result
     session = prepare_session(result)
     session.prompt = result.prompt
-    handle = start_server(session, port=0)
+    target = {"layer": result.trigger_layer, "feature": result.trigger_features[0]}
+    handle = start_server(session, port=0, roots=[result.saes_dir], target=target)
     yield session, handle, result
     handle.stop()
     session.close()
@@ -58,13 +59,13 @@ class PageLog:
 
 @pytest.fixture
 def page(browser, demo):
-    """A fresh tab on the demo target's view, patches all off; waits for the first paint of every panel."""
-    session, handle, result = demo
+    """A fresh tab on the page (graph of the server's target, the demo trigger feature), patches all off;
+    waits for the first paint of every panel."""
+    session, handle, _ = demo
     session.set_enabled([])
     context = browser.new_context(viewport={"width": 1400, "height": 860})
     log = PageLog(context.new_page())
-    target = f"{result.trigger_layer}:{result.trigger_features[0]}"
-    log.page.goto(f"{handle.url}&target={target}")
+    log.page.goto(handle.url)
     log.page.wait_for_selector("body[data-ready='1']", timeout=30_000)
     log.page.wait_for_selector("#conn.live")
     yield log
@@ -107,7 +108,8 @@ def test_trigger_feature_graph_has_two_upstream_layers(page, demo):
     layers = page.page.eval_on_selector_all("#graph g.node", "gs => gs.map(g => g.dataset.layer)")
     upstream = {float(x) for x in layers if float(x) < result.trigger_layer}
     assert len(upstream) >= 2, layers  # layer 0 features/error and the token embeddings (-1)
-    assert page.page.locator("#graph g.node.root").count() == 1
+    root = page.page.locator("#graph g.node.root")
+    assert root.count() == 1 and root.get_attribute("data-id").startswith(f"{result.trigger_layer}_")
     assert page.page.locator("#graph g.node.error").count() >= 1
     label = page.page.text_content("#prune-label")
     assert label == f"{len(layers)} of {len(layers)} nodes shown"
