@@ -45,21 +45,27 @@ export class Socket {
     if (msg.type === "hello") { this.client = msg.client; this.onHello(msg); return; }
     if (msg.type === "error") { this.pending.delete(msg.seq); this.onError(msg.detail); return; }
     if (msg.type !== "logits") return;
-    const mine = msg.origin === this.client;
-    if (mine && msg.seq < this.seq) { this.pending.delete(msg.seq); return; }  // superseded by a newer request of ours
+    // Our newest request this answer includes: `covers` (the server merges requests of several clients
+    // into one forward) or, without it, the seq of an answer we originated.
+    const covers = msg.covers || {};
+    const mine = this.client in covers ? covers[this.client] : msg.origin === this.client ? msg.seq : null;
+    if (mine !== null && mine < this.seq) {  // superseded by a newer request of ours: its answer is coming
+      for (const s of this.pending.keys()) if (s <= mine) this.pending.delete(s);
+      return;
+    }
     const recvWall = Date.now();
     this.onLogits(msg);
-    const p = mine ? this.pending.get(msg.seq) : null;
+    const p = mine !== null ? this.pending.get(mine) : null;
     if (!p) return;
-    this.pending.delete(msg.seq);
+    this.pending.clear();  // `mine` is our newest request: nothing older is still waiting
     const domMs = performance.now();
     // The next animation frame runs after the browser has laid out and painted the new bars.
     requestAnimationFrame(() => {
       const paintMs = performance.now();
       const t = msg.t || {};
-      this.timings.push({ seq: msg.seq, click_to_dom_ms: domMs - p.click_ms, click_to_paint_ms: paintMs - p.click_ms,
+      this.timings.push({ seq: mine, click_to_dom_ms: domMs - p.click_ms, click_to_paint_ms: paintMs - p.click_ms,
         sent_wall: p.sent_wall, recv_wall: recvWall, server: t,
-        server_ms: (t.send_ms ?? NaN) - (t.recv_ms ?? NaN), fwd_ms: t.fwd_ms ?? null });
+        server_ms: (t.send_ms ?? NaN) - (t.recv_ms ?? NaN) });
     });
   }
 }
