@@ -14,11 +14,13 @@ export class BarChart {
 
   /**
    * `top`: [{token, id, p, p_base, dp}], the patched top tokens; `baseTop` (optional, same rows): the
-   * baseline's top tokens, so a token a patch pushed out of the top still shows, at the bottom, with its Δ.
+   * baseline's top tokens, so a token a patch pushed out of the top still shows, further down, with its Δ.
    */
   paint(top, kl, baseTop = []) {
     const byId = new Map(top.map((r) => [r.id, r]));
-    for (const r of baseTop || []) if (!byId.has(r.id)) byId.set(r.id, r);
+    // Only baseline rows that would have made the chart on their own (p_base ≥ the smallest patched p shown).
+    const floor = Math.min(...top.map((r) => r.p));
+    for (const r of baseTop || []) if (!byId.has(r.id) && r.p_base >= floor) byId.set(r.id, r);
     const rows = [...byId.values()].sort((a, b) => b.p - a.p);
     const width = Math.max(this.svg.node().clientWidth || 300, 200);
     const height = rows.length * ROW + 4;
