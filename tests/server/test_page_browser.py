@@ -212,3 +212,25 @@ def test_a_circuit_tracer_file_loads_and_the_view_goes_in_the_url(page, tmp_path
     p.keyboard.press("Escape")
     assert p.locator("#graph g.node.selected, #graph g.node.pinned").count() == 0
     assert page.errors == []
+
+
+def test_the_feature_card_adds_an_ablate_patch_and_opens_its_graph(page, demo):
+    session, _, result = demo
+    p = page.page
+    p.fill("#search-q", "#5")
+    p.wait_for_selector("#search-results li[data-id='5']")
+    p.click("#search-results li[data-id='5']")
+    p.wait_for_selector(f"#card-panel:not([hidden]) h3:text('L{result.trigger_layer} · F5')")
+    assert p.locator("#card .ctx").count() >= 1 and p.locator("#card .ctx span[style]").count() >= 1
+    p.click("#ablate")
+    p.wait_for_function("() => document.querySelectorAll('#patches li[data-patch]').length === 2")
+    added = [x for x in session.patches if x.name != "trigger"]
+    assert len(added) == 1 and added[0].features == [5] and added[0].layer == result.trigger_layer
+    assert added[0].mode == "ablate"
+    p.click(f"#patches li[data-patch='{added[0].name}'] .del")
+    p.wait_for_function("() => document.querySelectorAll('#patches li[data-patch]').length === 1")
+    assert [x.name for x in session.patches] == ["trigger"]
+    p.click("#graph-this")
+    p.wait_for_function("() => document.querySelector('#graph-title').textContent.includes(' F5 ')")
+    assert f"target={result.trigger_layer}:5" in p.evaluate("location.search")
+    assert page.errors == []

@@ -5,8 +5,9 @@ import { api } from "./api.js";
 import { esc } from "./graph.js";
 
 export class FeaturePanel {
-  constructor({ form, layerSelect, query, results, more, cardPanel, card, onAblate, onError }) {
-    Object.assign(this, { form, layerSelect, query, results, more, cardPanel, card, onAblate, onError });
+  /** `onAblate(layer, id)`: the card's ablate button; `onGraph(layer, id)`: its provenance button. */
+  constructor({ form, layerSelect, query, results, more, cardPanel, card, onAblate, onGraph, onError }) {
+    Object.assign(this, { form, layerSelect, query, results, more, cardPanel, card, onAblate, onGraph, onError });
     form.addEventListener("submit", (ev) => { ev.preventDefault(); this.search(); });
     layerSelect.addEventListener("change", () => this.search());
     let timer = null;
@@ -57,10 +58,12 @@ export class FeaturePanel {
       <div class="section"><h2>Logit effects</h2><div>${chips(f.logit_effects && f.logit_effects.up, "up")}</div>
         <div>${chips(f.logit_effects && f.logit_effects.down, "down")}</div></div>
       <div class="section"><h2>Contexts</h2>${ctx || '<span class="muted">no contexts</span>'}</div>
-      <div class="section"><button type="button" id="ablate">Ablate L${esc(f.layer)} F${esc(f.id)}</button></div>`;
+      <div class="section"><button type="button" id="ablate">Ablate L${esc(f.layer)} F${esc(f.id)}</button>
+        <button type="button" id="graph-this">Provenance graph</button></div>`;
     this.card.dataset.layer = f.layer;
     this.card.dataset.id = f.id;
     this.card.querySelector("#ablate").addEventListener("click", () => this.onAblate(f.layer, f.id));
+    this.card.querySelector("#graph-this").addEventListener("click", () => this.onGraph(f.layer, f.id));
     this.cardPanel.hidden = false;
   }
 }

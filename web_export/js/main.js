@@ -29,6 +29,13 @@ const saveUrl = () => writeState({ selected: graph.selected, pinned: graph.pinne
 const features = new FeaturePanel({
   form: $("search-form"), layerSelect: $("search-layer"), query: $("search-q"), results: $("search-results"),
   more: $("search-more"), cardPanel: $("card-panel"), card: $("card"), onError: showError,
+  onGraph: (layer, feature) => {
+    target = { layer, feature };
+    graph.selected = null;
+    graph.pinned.clear();
+    saveUrl();
+    loadProvenance();
+  },
   onAblate: async (layer, id) => {
     try {
       await api.addPatch({ layer, features: [id], mode: "ablate" });
