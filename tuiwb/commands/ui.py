@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuiwb.commands._options import add_model_options
+from tuiwb.commands._options import add_lab_options, add_model_options
 
 
 HELP = "open the interactive workbench (TUI)"
@@ -17,11 +17,7 @@ def add_parser(sub, parents) -> None:
                        description="Open the keyboard-driven workbench: feature table, token cloud, contexts, "
                                    "live logits with patches on/off, provenance. Press ? inside for the keys.")
     add_model_options(p)
-    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs (from `tuiwb train`)")
-    p.add_argument("--acts", metavar="DIR", help="activation store (NAME.parquet/) for feature stats and contexts")
-    p.add_argument("--lora", action="append", default=[], metavar="DIR",
-                   help="a lora/NAME patch, or a directory of them, to attach (repeatable)")
-    p.add_argument("--prompt", default="", help="text preloaded in the prompt editor")
+    add_lab_options(p, prompt_help="text preloaded in the prompt editor")
     p.add_argument("--layer", type=int, default=None, help="SAE layer shown first (default: the lowest)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="tokens in the logit pane (default 10)")
     p.add_argument("--lora-out", default="lora", metavar="DIR", help="where `e` exports patches (default lora/)")
