@@ -78,11 +78,12 @@ def require_terminal() -> None:
                          "(over SSH: ssh -t), or use the scripting commands (tuiwb logits, demo --no-ui)")
 
 
-def open_with_companion(session, args, *, roots, target=None, ranked=None, **kw) -> int:
-    """The workbench and the browser companion on one Session (toggles cross both ways)."""
+def open_with_companion(session, args, *, roots, serve: dict | None = None, **kw) -> int:
+    """The workbench (``kw``: ``make_app``'s) and the browser companion (``serve``: ``start_companion``'s
+    ``target``/``ranked``) on one Session: toggles cross both ways."""
     from tuiwb.commands._companion import start_companion
 
-    handle = start_companion(session, args, roots=roots, target=target, ranked=ranked)
+    handle = start_companion(session, args, roots=roots, **(serve or {}))
     try:
         return open_workbench(session, companion_url=handle.url, **kw)
     finally:
