@@ -30,10 +30,18 @@ def state(lab: Lab, target: dict | None = None) -> dict:
             "has_acts": info.has_acts}
 
 
+def _rows(rows) -> list[dict]:
+    return [{"token": r.token, "id": r.id, "p": r.patched, "p_base": r.base, "dp": r.delta} for r in rows]
+
+
 def top_rows(view: LogitsView) -> list[dict]:
     """The patched top tokens with their baseline probability and the change."""
-    return [{"token": r.token, "id": r.id, "p": r.patched, "p_base": r.base, "dp": r.delta}
-            for r in view.patched_top]
+    return _rows(view.patched_top)
+
+
+def base_rows(view: LogitsView) -> list[dict]:
+    """The baseline's top tokens (same row shape): the page keeps a token a patch pushed out of ``top``."""
+    return _rows(view.base_top)
 
 
 def logits(lab: Lab, prompt: str) -> dict:
@@ -42,6 +50,7 @@ def logits(lab: Lab, prompt: str) -> dict:
     with lab.atomic():
         patches = patch_rows(lab)
         if not prompt.strip():  # nothing to predict from yet: empty bars, not an error
-            return {"prompt": prompt, "top": [], "kl": 0.0, "patches": patches, "model_ms": 0.0}
+            return {"prompt": prompt, "top": [], "base_top": [], "kl": 0.0, "patches": patches, "model_ms": 0.0}
         view = lab.logits(prompt)
-    return {"prompt": prompt, "top": top_rows(view), "kl": view.kl, "patches": patches, "model_ms": view.model_ms}
+    return {"prompt": prompt, "top": top_rows(view), "base_top": base_rows(view), "kl": view.kl, "patches": patches,
+            "model_ms": view.model_ms}
