@@ -11,21 +11,17 @@ import pytest
 from companion_client import BASE, TOKEN
 
 
-@pytest.fixture(scope="session")
-def server_demo(demo_small_saes):
+@pytest.fixture
+def server_demo(ui_demo):
     """``DemoResult`` of the small demo pipeline."""
-    return demo_small_saes.result
+    return ui_demo
 
 
 @pytest.fixture
-def server_session(server_demo):
+def server_session(demo_session, ui_demo):
     """A fresh Session on the demo outputs with the (off) trigger patch and the demo prompt."""
-    from tuiwb.commands.demo import prepare_session
-
-    session = prepare_session(server_demo)
-    session.prompt = server_demo.prompt
-    yield session
-    session.close()
+    demo_session.prompt = ui_demo.prompt
+    return demo_session
 
 
 @pytest.fixture

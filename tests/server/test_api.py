@@ -21,11 +21,12 @@ def test_logits_move_when_the_trigger_patch_is_on(client, server_session, server
     assert before["prompt"] == server_demo.prompt and before["kl"] == 0.0
     top = before["top"][0]
     assert set(top) == {"token", "id", "p", "p_base", "dp"} and top["dp"] == 0.0
+    assert before["base_top"] == before["top"]  # nothing on: the baseline's top is the patched top
     server_session.toggle("trigger", True)
     after = client.post("/api/logits", json={"prompt": server_demo.prompt}).json()
     assert after["kl"] > 0 and after["patches"][0]["on"] is True
-    payload = {r["id"]: r for r in after["top"]}.get(top["id"])
-    assert payload is None or payload["p"] < top["p"]  # the payload token lost probability (or left the top)
+    payload = {r["id"]: r for r in after["base_top"]}[top["id"]]  # the baseline's top keeps the payload token
+    assert payload["p_base"] == top["p"] and payload["p"] < top["p"] and payload["dp"] < 0
 
 
 def test_empty_prompt_gives_empty_bars_not_an_error(client):

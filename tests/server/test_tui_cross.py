@@ -7,17 +7,9 @@ import asyncio
 
 import pytest
 from companion_client import open_ws
+from pilot_wait import until
 
 pytestmark = pytest.mark.asyncio
-
-
-async def _until(pilot, cond, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await pilot.pause(0.02)
 
 
 async def _logits(ws) -> dict:
@@ -39,7 +31,7 @@ async def test_toggles_and_prompt_cross_between_the_workbench_and_the_page(clien
                    **app_kwargs(server_demo))
     async with app.run_test(size=(160, 50)) as pilot:
         bars = app.query_one(LogitBars)
-        await _until(pilot, lambda: app.logits_painted > 0)
+        await until(pilot, lambda: app.logits_painted > 0)
         with open_ws(client) as ws:
             me = (await asyncio.to_thread(ws.receive_json))["client"]
             # the workbench toggles (space on the trigger feature, as a user would)
@@ -50,10 +42,10 @@ async def test_toggles_and_prompt_cross_between_the_workbench_and_the_page(clien
             painted = app.logits_painted
             ws.send_json({"type": "toggle", "seq": 1, "patch": "trigger", "on": False})
             assert (await _logits(ws))["origin"] == me
-            await _until(pilot, lambda: app.logits_painted > painted and bars.view.n_on == 0)
+            await until(pilot, lambda: app.logits_painted > painted and bars.view.n_on == 0)
             assert app.wanted["trigger"] is False and not server_session.patch("trigger").enabled
             # and the page's prompt becomes the workbench's
             ws.send_json({"type": "prompt", "seq": 2, "text": "the cup"})
             await _logits(ws)
-            await _until(pilot, lambda: app.query_one(PromptEditor).value == "the cup" and bars.view.prompt == "the cup")
+            await until(pilot, lambda: app.query_one(PromptEditor).value == "the cup" and bars.view.prompt == "the cup")
             assert app.prompt == server_session.prompt == "the cup"

@@ -32,6 +32,17 @@ def test_prompt_message_sets_the_shared_prompt(client, server_session):
     assert server_session.prompt == "the cup"
 
 
+def test_a_prompt_too_long_for_the_model_is_refused_and_the_shared_prompt_kept(client, server_session):
+    before = server_session.prompt
+    with open_ws(client) as a:
+        a.receive_json()
+        a.send_json({"type": "prompt", "seq": 3, "text": "the cup " * 5000})
+        err = receive_until(a, lambda m: m["type"] == "error")
+        assert err["seq"] == 3 and "context" in err["detail"]
+        assert receive_until(a, lambda m: m["type"] == "logits")["prompt"] == before
+    assert server_session.prompt == before
+
+
 def test_bad_messages_get_an_error_and_the_socket_stays_open(client):
     with open_ws(client) as a:
         a.receive_json()

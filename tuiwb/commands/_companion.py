@@ -32,13 +32,14 @@ def roots_of(*paths) -> list[Path]:
     return out
 
 
-def start_companion(session, args: argparse.Namespace, *, roots, target=None, ranked=None, out=sys.stdout):
+def start_companion(session, args: argparse.Namespace, *, roots, target=None, ranked=None, out=None):
     """Start the server on ``session`` and print how to open it; returns the ``ServerHandle``."""
     from tuiwb.server.config import CompanionConfig
     from tuiwb.server.run import start_server
 
     cfg = CompanionConfig(host=getattr(args, "host", CompanionConfig.host), port=args.port)
     handle = start_server(session, host=cfg.host, port=cfg.port, roots=roots, target=target, ranked=ranked)
+    out = out or sys.stdout
     print(f"companion: {handle.url}", file=out)
     print(f"over SSH, on your machine: {handle.ssh_line()}  (then open the URL above)", file=out, flush=True)
     return handle

@@ -97,11 +97,12 @@ def _with_companion(args: argparse.Namespace, result, loaded) -> int:
 
     session = prepare_session(result, loaded)
     session.prompt = result.prompt
-    kw = dict(roots=roots_of(result.saes_dir, result.acts_dir), ranked={result.trigger_layer: result.trigger_features},
-              target={"layer": result.trigger_layer, "feature": result.trigger_features[0]})
+    roots = roots_of(result.saes_dir, result.acts_dir)
+    serve = dict(ranked={result.trigger_layer: result.trigger_features},
+                 target={"layer": result.trigger_layer, "feature": result.trigger_features[0]})
     if not args.no_ui:
-        return open_with_companion(session, args, **kw, **app_kwargs(result))
-    handle = start_companion(session, args, **kw)
+        return open_with_companion(session, args, roots=roots, serve=serve, **app_kwargs(result))
+    handle = start_companion(session, args, roots=roots, **serve)
     try:
         handle.wait()
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tuiwb.commands._options import add_model_options
+from tuiwb.commands._options import add_lab_options, add_model_options
 
 
 HELP = "serve the browser companion (live logits and provenance graph over WebSocket)"
@@ -19,11 +19,7 @@ def add_parser(sub, parents) -> None:
                                    "move as patches are toggled, the patch list and feature search, all on one "
                                    "Session. The printed URL carries a random access token.")
     add_model_options(p)
-    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs (from `tuiwb train`)")
-    p.add_argument("--acts", metavar="DIR", help="activation store (NAME.parquet/) for feature stats and contexts")
-    p.add_argument("--lora", action="append", default=[], metavar="DIR",
-                   help="a lora/NAME patch (attached as NAME, enabled), or a directory of them (repeatable)")
-    p.add_argument("--prompt", default="", help="the prompt the page opens with")
+    add_lab_options(p, prompt_help="the prompt the page opens with")
     add_companion_options(p, switch=False, host=True)
     p.set_defaults(run=run)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuiwb.commands._options import add_model_options
+from tuiwb.commands._options import add_lab_options, add_model_options
 
 
 HELP = "open the interactive workbench (TUI)"
@@ -17,11 +17,7 @@ def add_parser(sub, parents) -> None:
                        description="Open the keyboard-driven workbench: feature table, token cloud, contexts, "
                                    "live logits with patches on/off, provenance. Press ? inside for the keys.")
     add_model_options(p)
-    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs (from `tuiwb train`)")
-    p.add_argument("--acts", metavar="DIR", help="activation store (NAME.parquet/) for feature stats and contexts")
-    p.add_argument("--lora", action="append", default=[], metavar="DIR",
-                   help="a lora/NAME patch, or a directory of them, to attach (repeatable)")
-    p.add_argument("--prompt", default="", help="text preloaded in the prompt editor")
+    add_lab_options(p, prompt_help="text preloaded in the prompt editor")
     p.add_argument("--layer", type=int, default=None, help="SAE layer shown first (default: the lowest)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="tokens in the logit pane (default 10)")
     p.add_argument("--lora-out", default="lora", metavar="DIR", help="where `e` exports patches (default lora/)")
@@ -82,11 +78,12 @@ def require_terminal() -> None:
                          "(over SSH: ssh -t), or use the scripting commands (tuiwb logits, demo --no-ui)")
 
 
-def open_with_companion(session, args, *, roots, target=None, ranked=None, **kw) -> int:
-    """The workbench and the browser companion on one Session (toggles cross both ways)."""
+def open_with_companion(session, args, *, roots, serve: dict | None = None, **kw) -> int:
+    """The workbench (``kw``: ``make_app``'s) and the browser companion (``serve``: ``start_companion``'s
+    ``target``/``ranked``) on one Session: toggles cross both ways."""
     from tuiwb.commands._companion import start_companion
 
-    handle = start_companion(session, args, roots=roots, target=target, ranked=ranked)
+    handle = start_companion(session, args, roots=roots, **(serve or {}))
     try:
         return open_workbench(session, companion_url=handle.url, **kw)
     finally:

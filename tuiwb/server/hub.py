@@ -211,7 +211,13 @@ class Hub:
                 except TuiwbError as e:
                     errors.append((cid, seq, one_line(e)))
             if pending.prompt is not None:
-                self.session.prompt = pending.prompt[0]
+                text, cid, seq = pending.prompt
+                try:
+                    if text.strip():
+                        self.session.loaded.encode(text)  # too long for the model: refused, prompt kept
+                    self.session.prompt = text
+                except TuiwbError as e:
+                    errors.append((cid, seq, one_line(e)))
             body = payloads.logits(self.lab, self.session.prompt)
         return body, errors, now_ms()
 
