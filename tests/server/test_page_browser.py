@@ -113,6 +113,15 @@ def test_trigger_feature_graph_has_two_upstream_layers(page, demo):
     assert page.page.locator("#graph g.node.error").count() >= 1
     label = page.page.text_content("#prune-label")
     assert label == f"{len(layers)} of {len(layers)} nodes shown"
+    # The view in the URL comes back on a reload: selection, pin, threshold.
+    ids = page.page.eval_on_selector_all("#graph g.node.feature:not(.root)", "gs => gs.map(g => g.dataset.id)")
+    page.page.goto(f"{page.page.url}&sel={ids[0]}&pin={ids[-1]}&thr=0.99")
+    page.page.wait_for_selector("body[data-ready='1']")
+    assert page.page.get_attribute("#graph g.node.selected", "data-id") == ids[0]
+    assert page.page.get_attribute("#graph g.node.pinned", "data-id") == ids[-1]
+    shown = int(page.page.get_attribute("#prune-label", "data-shown"))
+    assert shown < len(layers) and page.page.text_content("#prune-label") == f"{shown} of {len(layers)} nodes shown"
+    page.page.wait_for_selector("#card-panel:not([hidden])")  # the selected feature's card
 
 
 def test_trigger_toggle_pushes_the_payload_down_and_back(page):

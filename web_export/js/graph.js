@@ -62,13 +62,16 @@ export class GraphView {
     for (let i = 0; i < 200; i++) sim.tick();
   }
 
-  /** Nodes kept by the pruning slider: |attribution| ≥ threshold × the largest, plus the root and pins. */
+  /** Nodes kept by the pruning slider: |attribution| ≥ threshold × the largest, plus the root, the pins and
+   * the selection (what the user is looking at never disappears under them). */
   visibleIds() {
     const { nodes, root } = this.model;
     const maxSize = d3.max(nodes, (n) => n.size) || 1;
     const keep = new Set();
     for (const n of nodes) {
-      if (n === root || this.pinned.has(n.id) || n.size >= this.threshold * maxSize) keep.add(n.id);
+      if (n === root || this.pinned.has(n.id) || n.id === this.selected || n.size >= this.threshold * maxSize) {
+        keep.add(n.id);
+      }
     }
     return keep;
   }
