@@ -141,6 +141,21 @@ def test_trigger_toggle_pushes_the_payload_down_and_back(page):
     assert page.errors == []
 
 
+def test_a_burst_of_clicks_ends_on_the_last_state(page, demo):
+    session, _, _ = demo
+    p = page.page
+    top = bars(p)[0]
+    toggle = p.locator("#patches li[data-patch='trigger'] .toggle")
+    for _ in range(5):  # on, off, on, off, on: answers to older clicks may still be in flight
+        toggle.click(delay=0, no_wait_after=True)
+    p.wait_for_function("() => window.__tuiwbTimings.length > 0")  # the answer covering the last click
+    wait_p(p, top["token"], below=top["p"] / 10)
+    p.wait_for_timeout(300)  # a stale answer painted late would show up here
+    assert session.patch("trigger").enabled and p.is_checked("#patches li[data-patch='trigger'] .toggle")
+    assert p_of(p, top["token"]) < top["p"] / 10
+    assert page.errors == []
+
+
 def test_a_toggle_made_through_the_session_appears_in_the_page(page, demo):
     session, _, _ = demo
     top = bars(page.page)[0]
