@@ -148,7 +148,7 @@ def test_a_burst_of_clicks_ends_on_the_last_state(page, demo):
     toggle = p.locator("#patches li[data-patch='trigger'] .toggle")
     for _ in range(5):  # on, off, on, off, on: answers to older clicks may still be in flight
         toggle.click(delay=0, no_wait_after=True)
-    p.wait_for_function("() => window.__tuiwbTimings.length > 0")  # the answer covering the last click
+    p.wait_for_function("() => window.__tuiwbTimings.length > 0")  # an answer to our newest request (at that time) was painted
     wait_p(p, top["token"], below=top["p"] / 10)
     p.wait_for_timeout(300)  # a stale answer painted late would show up here
     assert session.patch("trigger").enabled and p.is_checked("#patches li[data-patch='trigger'] .toggle")
