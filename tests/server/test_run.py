@@ -42,3 +42,18 @@ def test_start_server_serves_http_and_the_socket_on_loopback(server_session, web
 def test_serve_rejects_a_bad_port_before_loading_anything(cli_error, tmp_path):
     line = cli_error("serve", "--model", tmp_path / "nope", "--saes", tmp_path, "--port", "70000")
     assert "--port" in line and "0-65535" in line
+
+
+def test_a_non_loopback_host_must_be_asked_for_and_warns(server_session, web_dir):
+    from tuiwb.errors import TuiwbWarning
+    from tuiwb.server.run import start_server
+
+    with pytest.warns(TuiwbWarning, match="not loopback"):
+        handle = start_server(server_session, host="127.0.0.2", port=0, web_dir=web_dir)
+    try:
+        req = urllib.request.Request(f"http://127.0.0.2:{handle.port}/api/state",
+                                     headers={"X-Tuiwb-Token": handle.token})
+        assert json.loads(urllib.request.urlopen(req, timeout=30).read())["patches"]  # its own name is allowed
+        assert handle.url.startswith(f"http://127.0.0.2:{handle.port}/?token=")
+    finally:
+        handle.stop()

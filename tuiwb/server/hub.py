@@ -118,11 +118,12 @@ class Hub:
         self.start()
         await ws.accept()
         client = Client(id=f"c{next(_ids)}", ws=ws)
-        self.clients[client.id] = client
-        sender = asyncio.create_task(self._sender(client))
+        self.clients[client.id] = client  # before the state is read: no broadcast after it is missed
+        sender = None
         try:
             state = await self._in_worker(payloads.state, self.lab, self.state_extra.get("target"))
             client.post({"type": "hello", "client": client.id, "state": state})
+            sender = asyncio.create_task(self._sender(client))  # hello first, then any logits meanwhile
             while True:
                 text = await ws.receive_text()
                 recv_ms = now_ms()
@@ -137,7 +138,8 @@ class Hub:
         finally:
             self.clients.pop(client.id, None)
             self._covers.pop(client.id, None)
-            sender.cancel()
+            if sender is not None:
+                sender.cancel()
 
     async def _sender(self, client: Client) -> None:
         try:
