@@ -15,6 +15,12 @@ RUN pip install "$TORCH_SPEC"
 COPY pyproject.toml README.md LICENSE ./
 COPY tuiwb ./tuiwb
 COPY web_export ./web_export
+# The companion page's d3 from the npm registry (web_export/package-lock.json); the server finds the page
+# through TUIWB_WEB_DIR because a non-editable install does not sit next to web_export/.
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm \
+    && (cd web_export && npm ci --no-audit --no-fund --silent) \
+    && apt-get purge -y -qq npm && apt-get autoremove -y -qq && rm -rf /var/lib/apt/lists/*
+ENV TUIWB_WEB_DIR=/app/web_export
 RUN pip install ".[server]"
 
 USER tuiwb

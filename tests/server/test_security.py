@@ -104,3 +104,12 @@ def test_patch_endpoints_refuse_paths_outside_the_roots_and_bad_names(client, tm
         assert r.status_code == 400 and "bad patch name" in r.json()["detail"]
     assert client.delete("/api/patches/..%2Fetc").status_code in (400, 404)
     assert client.delete("/api/patches/a.b").status_code == 400
+
+
+def test_the_page_directory_can_be_named_for_installs_outside_the_checkout(monkeypatch, tmp_path):
+    from tuiwb.server.static import WEB_DIR_ENV, default_web_dir
+
+    monkeypatch.delenv(WEB_DIR_ENV, raising=False)
+    assert (default_web_dir() / "index.html").is_file()  # the checkout's web_export/
+    monkeypatch.setenv(WEB_DIR_ENV, str(tmp_path))
+    assert default_web_dir() == tmp_path

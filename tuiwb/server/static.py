@@ -7,6 +7,7 @@ dot-files are never served except the one d3 file, and symlinks pointing out do 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
@@ -27,8 +28,14 @@ CSP = ("default-src 'self' 'unsafe-inline' data: blob:; connect-src 'self'; img-
 """Nothing loads from another host, even if a page change tried to (the page must work offline)."""
 
 
+WEB_DIR_ENV = "TUIWB_WEB_DIR"
+"""Where the page lives when tuiwb is not run from its checkout (a wheel install, a container)."""
+
+
 def default_web_dir() -> Path:
-    """web_export/ of this checkout."""
+    """``$TUIWB_WEB_DIR``, else web_export/ of this checkout (an editable install)."""
+    if os.environ.get(WEB_DIR_ENV):
+        return Path(os.environ[WEB_DIR_ENV]).expanduser()
     return Path(__file__).resolve().parents[2] / "web_export"
 
 
