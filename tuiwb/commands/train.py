@@ -32,6 +32,9 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before torch (OpenMP) loads: idle threads sleep instead of spinning on a core a busy
+    # neighbour needs (tuiwb/sae/threads.py); a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tuiwb.commands._config_args import config_from
     from tuiwb.errors import TuiwbError
     from tuiwb.sae.config import TrainConfig
