@@ -5,7 +5,7 @@ steepest loss descent. For SAEs that point is early and noisy and lands far too 
 run where 4e-3 trained 20× better): steepest descent at step 30 says nothing about where the loss
 ends up. What we care about is the *final* held-out FVU, so that is what the search measures:
 
-1. candidates on a factor-2 grid, ``LR_GRID`` (5e-4 … 1.6e-2);
+1. candidates on a factor-2 grid, ``LR_GRID`` (2.5e-4 … 3.2e-2);
 2. each probe trains a copy of the initialised SAE for ``lr_find_steps`` steps (capped at the real
    run's steps) on the same first training batches, with the real run's schedule shape (warm-up,
    flat, linear decay to 0) compressed to the probe, then scores it on the held-out sample;
@@ -29,8 +29,8 @@ from tuiwb.sae.metrics import ReconstructionSums
 from tuiwb.sae.model import SAE
 from tuiwb.sae.objective import lr_lambda, step_loss
 
-LR_GRID = tuple(5e-4 * 2 ** i for i in range(6))
-"""Candidate learning rates: 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2."""
+LR_GRID = tuple(2.5e-4 * 2 ** i for i in range(8))
+"""Candidate learning rates: 2.5e-4, 5e-4, 1e-3, … 1.6e-2, 3.2e-2."""
 TOLERANCE = 0.03
 """Probes within 3% of the best held-out FVU count as tied; the lowest LR among them is taken."""
 
@@ -105,7 +105,7 @@ def search_lr(sae: SAE, make_batches: Callable[[], Iterable[torch.Tensor]], val:
 
 def describe(chosen: float, fvus: dict[float, float], steps: int, batch_size: int) -> str:
     """One line for the user: what was tried and why this LR."""
-    tried = ", ".join(f"{lr:.0e}→{f:.4f}" for lr, f in fvus.items())
+    tried = ", ".join(f"{lr:.1e}→{f:.4f}" for lr, f in fvus.items())
     best = min(fvus.values())
     why = "lowest held-out FVU" if fvus[chosen] == best else f"lowest LR within {TOLERANCE:.0%} of the best FVU"
     return (f"lr auto: chose {chosen:.1e} ({why}); probes of {steps} steps × {batch_size} tokens, "
