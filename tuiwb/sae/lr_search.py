@@ -27,7 +27,7 @@ import torch
 
 from tuiwb.sae.metrics import ReconstructionSums
 from tuiwb.sae.model import SAE
-from tuiwb.sae.objective import lr_lambda, step_loss
+from tuiwb.sae.layer_trainer import LayerTrainer
 
 LR_GRID = tuple(2.5e-4 * 2 ** i for i in range(8))
 """Candidate learning rates: 2.5e-4, 5e-4, 1e-3, … 1.6e-2, 3.2e-2."""
@@ -39,29 +39,12 @@ def probe(sae: SAE, batches: Iterable[torch.Tensor], val: torch.Tensor, cfg, ste
           scale: float) -> float:
     """Train a copy of ``sae`` for ``steps`` batches at peak ``lr``; its FVU on ``val [n, d]``
     (both in the native scale; multiplied by ``scale`` as in training)."""
-    sae = sae.copy()
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
-    warmup = max(1, round(cfg.warmup_fraction * steps))
-    decay_start = max(warmup, steps - round(cfg.decay_fraction * steps))
-    since = torch.zeros(sae.d_sae, dtype=torch.int64, device=sae.W_enc.device)
-    done = 0
+    trainer = LayerTrainer(sae.copy(), cfg, steps=steps, lr=lr, scale=scale)
     for batch in batches:
-        if done >= steps:
+        if trainer.done:
             break
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_lambda(done, steps, warmup, decay_start)
-        x = batch.to(sae.W_enc.device) * scale  # [B, d]
-        l1 = cfg.l1 * min(1.0, (done + 1) / max(1.0, cfg.l1_warmup_fraction * steps))
-        out = step_loss(sae, x, dead=since >= cfg.dead_tokens, l1=l1, aux_k=cfg.aux_k, aux_coef=cfg.aux_coef)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        sae.remove_parallel_decoder_grad()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
-        opt.step()
-        sae.normalize_decoder()
-        since.add_(x.shape[0]).masked_fill_(out.fired, 0)
-        done += 1
+        trainer.step(batch)
+    sae = trainer.sae
     sums = ReconstructionSums(sae.d_in, sae.d_sae, sae.W_enc.device)
     for chunk in val.split(4096):
         sums.update(sae, chunk.to(sae.W_enc.device) * scale)
