@@ -159,7 +159,7 @@ def train_saes(acts_path: str | Path, layers, out_dir: str | Path, cfg: TrainCon
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    elif cfg.accelerator == "cpu":  # a dozen steps to start from a sane count (the picker refines it)
+    elif _on_cpu(cfg):  # a sane count to start from (the picker refines it)
         torch.set_num_threads(max(1, usable_cores()))
     try:
         with _quiet_lightning():
@@ -228,7 +228,7 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
                               val_fraction=cfg.val_fraction, val_tokens=cfg.val_tokens, seed=cfg.seed)
     module = SAETrainModule(sae, cfg, steps=steps, scale=scale,
                             lr=DEFAULT_LR if cfg.lr == "auto" else float(cfg.lr))
-    picker = ThreadPicker(thread_candidates()) if not cfg.threads and cfg.accelerator == "cpu" else None
+    picker = ThreadPicker(thread_candidates()) if not cfg.threads and _on_cpu(cfg) else None
     with private_tempdir("tuiwb-train-") as tmp:
         trainer = _make_trainer(cfg, steps, layer, out, tmp, progress, has_val=cfg.val_fraction > 0,
                                 extra_callbacks=[picker] if picker else [])
@@ -271,6 +271,10 @@ def _auto_lr(sae: SAE, acts_path, layer: int, dm, init: torch.Tensor, cfg: Train
     if _is_rank_zero():
         print(f"layer {layer}: {describe(lr, fvus, probe_steps, cfg.batch_size)}", file=sys.stderr, flush=True)
     return lr, fvus
+
+
+def _on_cpu(cfg: TrainConfig) -> bool:
+    return cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
 
 
 def _is_rank_zero() -> bool:
