@@ -241,7 +241,7 @@ def tuiwb_cli(acts: Path, layer: int, args, out: Path) -> dict:
             "fvu": m["fvu"], "l0": m["l0"], "dead_fraction": m["dead_fraction"]}
 
 
-def width_step(batch: int, d: int = 4096, m: int = 32768, k: int = 32, steps: int = 2) -> dict:
+def width_step(batch: int, d: int = 4096, m: int = 32768, k: int = 32, steps: int = 1) -> dict:
     """tok/s of one training step at width: tuiwb's sparse autograd vs the bare dense formulation."""
     import torch
 
@@ -287,7 +287,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--no-contention", action="store_true", help="skip the run beside a busy process")
     ap.add_argument("--no-width", action="store_true", help="skip the d_in 4096 × 32k step timing")
-    ap.add_argument("--width-batch", type=int, default=512)
+    ap.add_argument("--width-batch", type=int, default=256)
     ap.add_argument("--write-docs", action="store_true", help="write the ## train section of docs/benchmarks.md")
     args = ap.parse_args()
 

@@ -236,20 +236,25 @@ class _LiveJob:
         bar = as_progress(progress).task("train (live)", self.steps * cfg.batch_size * self.world, unit="tok")
         t0 = time.perf_counter()
         forwards = self.stream.forward_batches(cycle=True)
+        epochs = 0
         with bar:
             while not trainers or not all(t.done for t in trainers.values()):
                 acts, held = next(forwards)
                 train_rows = torch.from_numpy(~held)
                 for L, rows in acts.items():
                     shufflers[L].add(rows[train_rows.to(rows.device)])
-                if not all(s.full for s in shufflers.values()):
+                wrapped = self.stream.epochs != epochs  # the text ran out: serve what the buffer holds
+                epochs = self.stream.epochs
+                if not wrapped and not all(s.full for s in shufflers.values()):
                     continue
                 if not trainers:
                     trainers = {L: self._new_trainer(L, shufflers[L].peek()) for L in self.layers}
                 for L, trainer in trainers.items():
-                    for batch in shufflers[L].drain():
-                        if trainer.done:
-                            break
+                    batches = shufflers[L].drain()
+                    n = min(len(batches), trainer.steps - trainer.step_count)
+                    n = self._min_over_ranks(n)  # every rank steps together (the gradients are all-reduced)
+                    shufflers[L].add(torch.cat(batches[n:]) if len(batches) > n else torch.empty(0))
+                    for batch in batches[:n]:
                         trainer.step(batch)
                 done = min(t.step_count for t in trainers.values())
                 bar.update(done * cfg.batch_size * self.world,
@@ -271,8 +276,9 @@ class _LiveJob:
 
         init = init[: self.cfg.init_tokens].float().cpu()  # [n, d]
         if self.world > 1:  # every rank must start from the same factor and b_dec: rank 0's
-            init = init.clone()
+            init = init[: self._min_over_ranks(len(init))].contiguous().to(self.loaded.device)
             torch.distributed.broadcast(init, 0)
+            init = init.cpu()
         scale = norm_scaling_factor(init)
         torch.manual_seed(self.cfg.seed)
         d = self.loaded.d_model
@@ -287,6 +293,13 @@ class _LiveJob:
                 sae.b_dec.copy_((init * scale).mean(0))
         sae = sae.to(self.loaded.device)
         return LayerTrainer(sae, self.cfg, steps=self.steps, lr=float(self.cfg.lr), scale=scale)
+
+    def _min_over_ranks(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], device=self.loaded.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return int(t)
 
     def _evaluate(self, trainers) -> dict[int, dict]:
         """Final held-out metrics: stream the held-out rows once, up to ``eval_tokens`` per layer."""
