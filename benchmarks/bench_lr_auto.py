@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -71,19 +70,9 @@ def write_docs(r: dict) -> None:
         lines.append(f"| {row['model']} L{row['layer']} | {cells} | {row['auto_fvu']:.4f} ({row['auto_lr']:.1e}) | "
                      f"**{row['ratio']:.2f}×** |")
     lines += ["", "Target: auto / best ≤ 1.5× (how the search works: docs/training.md)."]
-    section = "\n".join(lines) + "\n"
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    m = re.search(r"(?m)^## train: lr auto[ \t]*$", text)
-    if m is None:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = re.search(r"(?m)^## ", text[m.end():])
-        rest = text[m.end() + nxt.start():] if nxt else ""
-        text = text[:m.start()] + section + ("\n" + rest if rest else "")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    from bench_train import replace_docs_section
+
+    replace_docs_section("## train: lr auto", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -376,10 +376,14 @@ def write_docs(r: dict) -> None:
                       f"{w['batch']} ({w['threads']} threads, random rows, AuxK on 10% dead): tuiwb's sparse "
                       f"autograd {w['tuiwb_sparse']:,} tok/s vs the bare dense step {w['bare_dense']:,} tok/s "
                       f"(**{w['ratio']:.2f}×**). No GPU in this session: GPU figures are not measured here."]
-    section = "\n".join(lines) + "\n"
+    replace_docs_section("## train", "\n".join(lines) + "\n")
+
+
+def replace_docs_section(heading: str, section: str) -> None:
+    """Replace (or append) the section under ``heading`` in docs/benchmarks.md, up to the next ``## ``."""
     path = ROOT / "docs" / "benchmarks.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    m = re.search(r"(?m)^## train[ \t]*$", text)
+    m = re.search(rf"(?m)^{re.escape(heading)}[ \t]*$", text)
     if m is None:
         text = text.rstrip("\n") + "\n\n" + section
     else:
