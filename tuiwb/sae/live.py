@@ -53,7 +53,8 @@ class LiveSource:
     buffer_tokens: int = 131_072
     """Rows per layer in the shuffle buffer (half is served per refill)."""
     device: str = "cpu"
-    """Where the model's forward runs (DDP: each rank's own device)."""
+    """Where the model's forward runs without DDP (``accelerator`` gpu/auto moves it to cuda; under
+    DDP each rank uses its own device)."""
 
 
 def heldout_mask(doc_ids: np.ndarray, val_fraction: float) -> np.ndarray:
@@ -189,7 +190,8 @@ def train_live(src: LiveSource, layers, out_dir, cfg: TrainConfig | None = None,
     if loaded is None:
         from tuiwb.model.loading import load_model
 
-        device = str(fabric.device) if fabric else src.device
+        gpu = cfg.accelerator == "gpu" or (cfg.accelerator == "auto" and torch.cuda.is_available())
+        device = str(fabric.device) if fabric else ("cuda" if gpu and src.device == "cpu" else src.device)
         loaded = load_model(src.model, device=device)
     todo = _resolve(layers, loaded.n_layers)
     cfg.d_sae_for(loaded.d_model)
