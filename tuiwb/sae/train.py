@@ -225,7 +225,8 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
             sae.b_dec.copy_((init * scale).mean(0))
     steps = cfg.steps_for()
     dm = ActivationDataModule(acts_path, layer, batch_size=cfg.batch_size, steps=steps,
-                              val_fraction=cfg.val_fraction, val_tokens=cfg.val_tokens, seed=cfg.seed)
+                              val_fraction=cfg.val_fraction, val_tokens=cfg.val_tokens, seed=cfg.seed,
+                              pin_memory=not _on_cpu(cfg) and torch.cuda.is_available())
     module = SAETrainModule(sae, cfg, steps=steps, scale=scale,
                             lr=DEFAULT_LR if cfg.lr == "auto" else float(cfg.lr))
     picker = ThreadPicker(thread_candidates()) if not cfg.threads and _on_cpu(cfg) else None
