@@ -31,3 +31,20 @@ def test_two_process_cpu_ddp_fit(tmp_path):
     assert sae.cfg.training["devices"] == 2 and sae.cfg.training["strategy"] == "ddp"
     assert 0 < metrics["fvu"] < 1
     assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_two_process_cpu_ddp_live(tmp_path, demo_small_dir):
+    """Live training under `--devices 2 --strategy ddp`: each rank forwards half the windows, one SAE."""
+    text = tmp_path / "text.txt"
+    text.write_text("\n".join((demo_small_dir / "train.txt").read_text().splitlines()[:600]) + "\n")
+    out = tmp_path / "saes"
+    cmd = [sys.executable, "-m", "tuiwb", "train", "--model", str(demo_small_dir), "--data", str(text), "--layer", "0",
+           "--out", str(out), "--devices", "2", "--strategy", "ddp", "--tokens", "8k", "--batch-size", "256",
+           "--k", "4", "--expansion", "2", "--json", "--no-progress", "--log", "none", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads(r.stdout)["0"]
+    assert metrics["world_size"] == 2 and metrics["train_tokens"] == 16 * 256 * 2
+    assert 0 < metrics["fvu"] < 1
+    assert load_sae(out / "layer_0").cfg.training["live"]["model"] == str(demo_small_dir)

@@ -36,3 +36,17 @@ def test_topk_on_demo_meets_the_quality_bar(demo_acts, tmp_path, cli):
     assert ev["fvu"] <= 0.15 and ev["l0"] <= 32
     assert ev["ce_loss_score"] >= 0.9
     assert ev["ce_zero"] > ev["ce_sae"] >= ev["ce_clean"] - 0.05
+
+
+def test_lr_auto_is_within_1_5x_of_the_grid_best(demo_acts, tmp_path):
+    """`lr auto` against a small LR grid at the same budget, on held-out FVU (the issue's bar)."""
+    from tuiwb.sae.config import TrainConfig
+    from tuiwb.sae.train import train_saes
+
+    _, acts, layer = demo_acts
+    base = dict(k=32, expansion=8, tokens=150_000, batch_size=1024, threads=1, logger="none", eval_tokens=None)
+    grid = {lr: train_saes(acts, [layer], tmp_path / f"lr{lr}", TrainConfig(lr=lr, **base),
+                           progress=False)[layer]["fvu"] for lr in (3e-4, 1e-3, 3e-3, 1e-2)}
+    auto = train_saes(acts, [layer], tmp_path / "auto", TrainConfig(lr="auto", lr_find_steps=30, **base),
+                      progress=False)[layer]
+    assert auto["fvu"] <= 1.5 * min(grid.values()), (auto["lr"], auto["fvu"], grid)

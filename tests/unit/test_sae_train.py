@@ -13,6 +13,7 @@ from tuiwb.cli import build_parser
 from tuiwb.errors import TuiwbError
 from tuiwb.sae.eval import evaluate
 from tuiwb.sae.io import load_sae, load_saes
+from tuiwb.sae.lr_search import LR_GRID, TOLERANCE
 from tuiwb.sae.objective import lr_lambda, relu_loss, topk_loss
 from tuiwb.sae.config import TrainConfig
 from tuiwb.sae.train import train_saes
@@ -53,13 +54,16 @@ def test_topk_trains_saves_and_reloads(tiny, tmp_path):
     assert set(load_saes(tmp_path)) == {1}
 
 
-def test_lr_auto_picks_a_finite_lr(tiny, tmp_path):
+def test_lr_auto_picks_the_best_probe_and_says_why(tiny, tmp_path, capsys):
     _, acts = tiny
     cfg = TrainConfig(tokens=30_000, lr="auto", lr_find_steps=20, **FAST)
     m = train_saes(acts, [0], tmp_path, cfg, progress=False)[0]
-    lr = load_sae(tmp_path / "layer_0").cfg.training["lr_found"]
-    assert math.isfinite(lr) and 1e-5 <= lr <= 0.1
-    assert m["lr"] == lr
+    training = load_sae(tmp_path / "layer_0").cfg.training
+    lr, probes = training["lr_found"], training["lr_search"]
+    assert m["lr"] == lr and lr in LR_GRID and len(probes) >= 3
+    best = min(probes.values())
+    assert probes[f"{lr:.3g}"] <= best * (1 + TOLERANCE)
+    assert f"chose {lr:.1e}" in capsys.readouterr().err
 
 
 def test_relu_beta_trades_l0_for_fvu(tiny, tmp_path):

@@ -19,7 +19,13 @@ def add_parser(sub, parents) -> None:
         "train", parents=parents, help=HELP,
         description="Train one SAE per layer (one layer at a time) on an activation directory from "
                     "`tuiwb trace`; writes OUT/layer_N/cfg.json + sae_weights.safetensors (SAELens layout).")
-    p.add_argument("--acts", required=True, help="activation directory from `tuiwb trace` (e.g. acts.parquet)")
+    p.add_argument("--acts", help="activation directory from `tuiwb trace` (e.g. acts.parquet)")
+    live = p.add_argument_group("live training (no disk cache: instead of --acts)")
+    live.add_argument("--model", help="train from this model's forward passes (checkpoint dir or hub id)")
+    live.add_argument("--data", action="append", metavar="FILE",
+                      help="text for the forward passes (.txt, .jsonl, .parquet; repeatable)")
+    live.add_argument("--seq-len", type=int, default=128, help="tokens per window, BOS included (default 128)")
+    live.add_argument("--forward-batch", type=int, default=32, metavar="W", help="windows per forward (default 32)")
     p.add_argument("--layer", action="append", required=True, metavar="N",
                    help="layer to train (repeatable or comma-separated; 'all' = every recorded layer)")
     p.add_argument("--out", required=True, help="output root; each layer goes to OUT/layer_N/")
@@ -32,6 +38,9 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before torch (OpenMP) loads: idle threads sleep instead of spinning on a core a busy
+    # neighbour needs (tuiwb/sae/threads.py); a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from tuiwb.commands._config_args import config_from
     from tuiwb.errors import TuiwbError
     from tuiwb.sae.config import TrainConfig
@@ -39,9 +48,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.d_sae is not None and args.expansion != TrainConfig.expansion:
         raise TuiwbError("--expansion and --d-sae both set the number of latents: pass one")
+    if bool(args.acts) == bool(args.model):
+        raise TuiwbError("pass --acts (recorded activations) or --model with --data (live training), not both")
+    if args.model and not args.data:
+        raise TuiwbError("--model trains live from forward passes over --data FILE: pass --data")
     cfg = config_from(TrainConfig, args)
     layers = [x.strip() for v in args.layer for x in v.split(",") if x.strip()]
-    results = train_saes(args.acts, layers, args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
+    if args.model:
+        from tuiwb.sae.live import LiveSource, train_live
+
+        src = LiveSource(model=args.model, data=args.data, seq_len=args.seq_len, forward_batch=args.forward_batch)
+        results = train_live(src, layers, args.out, cfg, progress=not args.no_progress, overwrite=args.overwrite)
+    else:
+        results = train_saes(args.acts, layers, args.out, cfg, progress=not args.no_progress,
+                             overwrite=args.overwrite)
     if int(os.environ.get("LOCAL_RANK", "0") or 0) != 0 or not results:
         return 0  # a DDP worker: rank 0 reports
     if args.json:

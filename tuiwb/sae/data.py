@@ -140,8 +140,9 @@ class ActivationDataModule(pl.LightningDataModule):
     """Train stream + a fixed held-out sample for one layer of an activation store."""
 
     def __init__(self, acts_path: str | Path, layer: int, *, batch_size: int, steps: int, val_fraction: float,
-                 val_tokens: int, seed: int):
+                 val_tokens: int, seed: int, pin_memory: bool = False):
         super().__init__()
+        self.pin_memory = pin_memory  # page-locked batches: the host→GPU copy overlaps the step
         self.acts_path, self.layer = str(acts_path), layer
         self.batch_size, self.steps = batch_size, steps
         self.val_fraction, self.val_tokens, self.seed = val_fraction, val_tokens, seed
@@ -161,7 +162,9 @@ class ActivationDataModule(pl.LightningDataModule):
     def train_dataloader(self):
         ds = ActivationStream(self.acts_path, self.layer, self.batch_size, self.steps,
                               val_fraction=self.val_fraction, seed=self.seed)
-        return DataLoader(ds, batch_size=None, num_workers=0)
+        # No workers: reading a memory-mapped batch is cheap next to a step, and worker processes
+        # would compete with the trainer's own threads for the cores (tuiwb/sae/threads.py).
+        return DataLoader(ds, batch_size=None, num_workers=0, pin_memory=self.pin_memory)
 
     def val_dataloader(self):
         val = self.heldout_sample()

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 from tuiwb.sae.model import SAE
+from tuiwb.sae.sparse_ops import sparse_decode, topk_encode
 
 
 class StepOut(NamedTuple):
@@ -37,25 +38,25 @@ def topk_loss(sae: SAE, x: torch.Tensor, dead: torch.Tensor | None, *, aux_k: in
               aux_coef: float = 1 / 32) -> StepOut:
     """TopK reconstruction + AuxK on ``x [B, d_in]``; ``dead [d_sae]`` bool marks dead latents."""
     k = sae.cfg.k
-    pre = sae.pre_acts(x)  # [B, d_sae]
-    vals, idx = pre.topk(k, dim=-1, sorted=False)  # [B, k]
+    dead_idx = dead.nonzero().squeeze(1) if dead is not None and aux_coef > 0 else None  # [n_dead]
+    n_dead = int(dead_idx.numel()) if dead_idx is not None else 0
+    k_aux = min(aux_k or x.shape[-1] // 2, n_dead)
+    b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else torch.zeros_like(sae.b_dec)
+    # Sparse autograd (tuiwb.sae.sparse_ops): the dense [B, d_sae] pre-activations never reach the
+    # backward; only the k (+ k_aux) selected latents of each token get gradients, as with dense ops.
+    vals, idx, a_vals, a_idx = topk_encode(x, b_dec, sae.W_enc, sae.b_enc, k,
+                                           dead_idx if k_aux else None, k_aux)  # [B, k], [B, k_aux]
     vals = torch.relu(vals)
-    x_hat = sae.decode_sparse(vals, idx)  # [B, d_in]
+    x_hat = sparse_decode(vals, idx, sae.W_dec) + sae.b_dec  # [B, d_in]
     err = x - x_hat  # [B, d_in]
     total_var = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     fvu = err.pow(2).sum() / total_var
     aux = fvu.new_zeros(())
-    n_dead = int(dead.sum()) if dead is not None else 0
-    if n_dead > 0 and aux_coef > 0:
-        k_aux = aux_k or x.shape[-1] // 2
-        scale = min(n_dead / k_aux, 1.0)  # fewer dead latents → weaker pull (Gao et al. App. B.1)
-        k_aux = min(k_aux, n_dead)
-        masked = pre.masked_fill(~dead, float("-inf"))  # [B, d_sae]: only dead latents compete
-        a_vals, a_idx = masked.topk(k_aux, dim=-1, sorted=False)  # [B, k_aux]
+    if k_aux > 0:
+        scale = min(n_dead / (aux_k or x.shape[-1] // 2), 1.0)  # fewer dead latents → weaker pull (Gao et al. App. B.1)
         # Raw pre-activations, no ReLU (as SAELens): a dead latent is dead *because* its pre-activation
         # stays below the others', often below 0, and a ReLU here would give it no gradient at all.
-        e_hat = torch.nn.functional.embedding_bag(a_idx, sae.W_dec, per_sample_weights=a_vals,
-                                                  mode="sum")  # [B, d_in], no b_dec: it models err
+        e_hat = sparse_decode(a_vals, a_idx, sae.W_dec)  # [B, d_in], no b_dec: it models err
         aux = scale * (e_hat - err.detach()).pow(2).sum() / total_var
     fired = torch.zeros(sae.d_sae, dtype=torch.bool, device=x.device)
     fired[idx[vals > 0]] = True

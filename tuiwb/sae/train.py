@@ -9,7 +9,9 @@ and writes ``out/layer_N/`` (SAELens layout, see :mod:`tuiwb.sae_io`). Per layer
    streamed by ``ActivationDataModule`` (:mod:`tuiwb.sae_data`) until ``tokens`` are spent, with
    linear warm-up and a final linear decay, decoder rows kept unit-norm (gradient projected, rows
    renormalised after every step), and a per-latent "tokens since last fired" counter that defines
-   the dead latents AuxK revives; ``lr="auto"`` first runs Lightning's LR finder;
+   the dead latents AuxK revives; ``lr="auto"`` first picks the LR by short probes scored on
+   held-out FVU (:mod:`tuiwb.sae.lr_search`); on CPU the thread count is re-timed as it runs
+   (:mod:`tuiwb.sae.threads`);
 3. held-out FVU / L0 / dead fraction appear in the progress bar every ``val_every`` steps;
 4. the norm factor is folded back into the weights, final held-out metrics come from
    :func:`tuiwb.eval.evaluate`, and the SAE is saved with the training config and metrics.
@@ -23,7 +25,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
+import os
+import sys
 import time
 import warnings
 from dataclasses import asdict
@@ -40,9 +43,7 @@ from tuiwb.sae.config import DEFAULT_LR, TrainConfig
 from tuiwb.sae.metrics import ReconstructionSums
 from tuiwb.sae.model import SAE, SAEConfig
 from tuiwb.sae.objective import lr_lambda, step_loss
-
-LR_FIND_RANGE = (1e-5, 1e-1)
-
+from tuiwb.sae.threads import ThreadPicker, thread_candidates, usable_cores
 
 class SAETrainModule(pl.LightningModule):
     """Trains ``sae`` (in the normalised space: inputs are multiplied by ``scale``)."""
@@ -158,6 +159,8 @@ def train_saes(acts_path: str | Path, layers, out_dir: str | Path, cfg: TrainCon
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif _on_cpu(cfg):  # a sane count to start from (the picker refines it)
+        torch.set_num_threads(max(1, usable_cores()))
     try:
         with _quiet_lightning():
             for layer in todo:
@@ -222,15 +225,18 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
             sae.b_dec.copy_((init * scale).mean(0))
     steps = cfg.steps_for()
     dm = ActivationDataModule(acts_path, layer, batch_size=cfg.batch_size, steps=steps,
-                              val_fraction=cfg.val_fraction, val_tokens=cfg.val_tokens, seed=cfg.seed)
+                              val_fraction=cfg.val_fraction, val_tokens=cfg.val_tokens, seed=cfg.seed,
+                              pin_memory=not _on_cpu(cfg) and torch.cuda.is_available())
     module = SAETrainModule(sae, cfg, steps=steps, scale=scale,
                             lr=DEFAULT_LR if cfg.lr == "auto" else float(cfg.lr))
+    picker = ThreadPicker(thread_candidates()) if not cfg.threads and _on_cpu(cfg) else None
     with private_tempdir("tuiwb-train-") as tmp:
-        trainer = _make_trainer(cfg, steps, layer, out, tmp, progress, has_val=cfg.val_fraction > 0)
+        trainer = _make_trainer(cfg, steps, layer, out, tmp, progress, has_val=cfg.val_fraction > 0,
+                                extra_callbacks=[picker] if picker else [])
         module._log_every = max(1, steps // 200) if trainer.loggers else 0
-        lr_found = None
+        lr_found = lr_probes = None
         if cfg.lr == "auto":
-            lr_found = find_lr(trainer, module, dm, cfg)
+            lr_found, lr_probes = _auto_lr(sae, acts_path, layer, dm, init, cfg, steps, scale)
             module.lr = lr_found
         t0 = time.perf_counter()
         with _interrupt_as_keyboard_interrupt(trainer):
@@ -238,34 +244,46 @@ def train_layer(store, acts_path, layer: int, out: Path, cfg: TrainConfig, progr
         seconds = time.perf_counter() - t0
     if not trainer.is_global_zero:
         return {}
-    return _finish(store, module, cfg, out, layer, steps, seconds, lr_found, trainer.world_size)
+    return _finish(store, module, cfg, out, layer, steps, seconds, lr_found, trainer.world_size,
+                   lr_probes=lr_probes, threads=picker.history if picker else cfg.threads)
 
 
-def find_lr(trainer: pl.Trainer, module: SAETrainModule, dm, cfg: TrainConfig) -> float:
-    """Run Lightning's LR finder (``Tuner.lr_find``) and return its suggestion, checked finite.
+def _auto_lr(sae: SAE, acts_path, layer: int, dm, init: torch.Tensor, cfg: TrainConfig, steps: int,
+             scale: float) -> tuple[float, dict[float, float]]:
+    """``lr="auto"``: :func:`tuiwb.sae.lr_search.search_lr` on the first training batches, scored on
+    the held-out sample (the init sample when there is no held-out split); prints its choice.
 
-    The finder restores the module's weights afterwards; its own tqdm bar is switched off (the
-    user sees one progress bar per layer).
+    Runs before Lightning starts any DDP process group, so every rank reads the same batches and
+    picks the same LR.
     """
-    import functools
-    from unittest import mock
+    from tuiwb.sae.data import ActivationStream
+    from tuiwb.sae.lr_search import describe, search_lr
 
-    from pytorch_lightning.tuner import Tuner, lr_finder
+    probe_steps = max(2, min(cfg.lr_find_steps, steps))
+    val = dm.heldout_sample()
+    if len(val) == 0:
+        val = init[: cfg.val_tokens]
 
-    steps = max(2, min(cfg.lr_find_steps, module.steps))
-    quiet_tqdm = functools.partial(lr_finder.tqdm, disable=True)
-    with mock.patch.object(lr_finder, "tqdm", quiet_tqdm):
-        finder = Tuner(trainer).lr_find(module, datamodule=dm, min_lr=LR_FIND_RANGE[0], max_lr=LR_FIND_RANGE[1],
-                                        num_training=steps, update_attr=False, early_stop_threshold=None)
-    lr = finder.suggestion() if finder is not None else None
-    if lr is None or not math.isfinite(lr) or lr <= 0:
-        raise TuiwbError("the LR finder found no usable learning rate (the loss never fell): "
-                         "pass `lr` with a number, e.g. `lr=4e-3`")
-    return float(min(max(lr, LR_FIND_RANGE[0]), LR_FIND_RANGE[1]))
+    def batches():
+        return iter(ActivationStream(str(acts_path), layer, cfg.batch_size, probe_steps,
+                                     val_fraction=cfg.val_fraction, seed=cfg.seed))
+
+    lr, fvus = search_lr(sae, batches, val, cfg, probe_steps, scale, start=DEFAULT_LR)
+    if _is_rank_zero():
+        print(f"layer {layer}: {describe(lr, fvus, probe_steps, cfg.batch_size)}", file=sys.stderr, flush=True)
+    return lr, fvus
+
+
+def _on_cpu(cfg: TrainConfig) -> bool:
+    return cfg.accelerator == "cpu" or (cfg.accelerator == "auto" and not torch.cuda.is_available())
+
+
+def _is_rank_zero() -> bool:
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _finish(store, module: SAETrainModule, cfg: TrainConfig, out: Path, layer: int, steps: int,
-            seconds: float, lr_found: float | None, world_size: int) -> dict:
+            seconds: float, lr_found: float | None, world_size: int, *, lr_probes=None, threads=None) -> dict:
     from tuiwb.sae.eval import evaluate
 
     sae = module.sae.copy()
@@ -276,8 +294,11 @@ def _finish(store, module: SAETrainModule, cfg: TrainConfig, out: Path, layer: i
     dead_train = float((module.since_fired >= cfg.dead_tokens).float().mean())
     metrics = {**{k: v for k, v in res.to_json().items() if v is not None}, "train_tokens": train_tokens,
                "train_seconds": round(seconds, 2), "tokens_per_s": round(train_tokens / max(seconds, 1e-9), 1),
-               "lr": module.lr, "dead_fraction_train": dead_train, "world_size": world_size}
-    sae.cfg.training = {**_jsonable_cfg(cfg), "lr_used": module.lr, "lr_found": lr_found, "steps": steps}
+               "lr": module.lr, "dead_fraction_train": dead_train, "world_size": world_size,
+               "threads": threads[-1][1] if isinstance(threads, list) and threads else threads}
+    sae.cfg.training = {**_jsonable_cfg(cfg), "lr_used": module.lr, "lr_found": lr_found, "steps": steps,
+                        "lr_search": {f"{k:.3g}": v for k, v in (lr_probes or {}).items()} or None,
+                        "thread_probes": threads if isinstance(threads, list) else None}
     sae.cfg.metrics = metrics
     save_sae(sae, out)
     return metrics
@@ -288,7 +309,7 @@ def _jsonable_cfg(cfg: TrainConfig) -> dict:
 
 
 def _make_trainer(cfg: TrainConfig, steps: int, layer: int, out: Path, tmp: str, progress: bool,
-                  has_val: bool) -> pl.Trainer:
+                  has_val: bool, extra_callbacks=()) -> pl.Trainer:
     from tuiwb.sae.train_progress import TrainProgress
 
     loggers = []
@@ -314,8 +335,9 @@ def _make_trainer(cfg: TrainConfig, steps: int, layer: int, out: Path, tmp: str,
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=cfg.strategy,
         max_steps=steps, max_epochs=1, logger=loggers or False,
         log_every_n_steps=max(1, steps // 200),
-        callbacks=[TrainProgress(layer, cfg.batch_size * cfg.devices, steps, as_progress(progress))]
-        if progress else [],
+        callbacks=[*extra_callbacks,
+                   *([TrainProgress(layer, cfg.batch_size * cfg.devices, steps, as_progress(progress))]
+                     if progress else [])],
         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
         num_sanity_val_steps=0, use_distributed_sampler=False,
         limit_val_batches=1.0 if has_val else 0, val_check_interval=min(val_every, steps),
