@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model_from_args(args) if args.model else None
     if loaded is not None:
         check_sae_fits(sae, loaded=loaded)
-        sae.to(loaded.device)
+        sae.to(loaded.layer_device(sae.cfg.layer if sae.cfg.layer is not None else 0))
     if args.contrast:  # every input of the search is checked before the stats pass
         from tuiwb.commands._config_args import config_from
         from tuiwb.features.config import EffectConfig

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     require_terminal()
     session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=lora_dirs(args.lora),
                            quant=args.quant, device=args.device, dtype=args.dtype,
-                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle, device_map=args.device_map)
     return open_workbench(session, prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
 
 
