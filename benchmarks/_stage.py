@@ -80,11 +80,12 @@ def bare_stage(argv: list[str]) -> dict:
     ap.add_argument("--data", required=True)
     ap.add_argument("--tokens", type=int, required=True)
     ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--layer", type=int, action="append", required=True)
     args = ap.parse_args(argv)
     loaded = _load(args)
     out = args.work / "acts_bare.parquet"
-    top = loaded.n_layers - 1
-    cfg = TraceConfig(data=[args.data], out=str(out), layers=["all"], model=args.model, seq_len=128, batch_size=8,
+    top = max(args.layer)
+    cfg = TraceConfig(data=[args.data], out=str(out), layers=list(args.layer), model=args.model, seq_len=128, batch_size=8,
                       max_tokens=args.tokens, overwrite=True, quant=args.quant, device=args.device)
     ids = torch.tensor([list(map(int, t)) for _, t, _ in _windows(cfg, loaded)])  # [W, 128]
 

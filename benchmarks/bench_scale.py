@@ -101,7 +101,8 @@ def build_tokenizer(vocab_size: int, out: Path, docs: list[str]) -> None:
     fast.save_pretrained(out)
 
 
-def build_model(shape: str, layers: int, out: Path, dtype: str = "float32", seed: int = 0) -> Path:
+def build_model(shape: str, layers: int, out: Path, dtype: str = "float32", seed: int = 0,
+                device: str = "cpu") -> Path:
     """Random weights of ``shape`` at ``layers`` blocks, saved (safetensors) with its tokenizer; cached."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -120,7 +121,8 @@ def build_model(shape: str, layers: int, out: Path, dtype: str = "float32", seed
                                   bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
                                   **spec)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    with torch.device(device):  # a GPU initialises a full-depth 7B's random weights in seconds
+        model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     model.save_pretrained(out, safe_serialization=True)
     del model
     (out / "train.txt").write_text("\n".join(docs[: len(docs) // 2]) + "\n")
@@ -163,20 +165,23 @@ def plan(args, model: Path, work: Path) -> list[tuple[str, list[str]]]:
     gpu = args.device.startswith("cuda") or args.device == "auto" and _cuda()
     data = str(model / "train.txt")
     acts, saes, lora = work / "acts.parquet", work / "saes", work / "lora" / "x"
-    top = args.layers - 1
-    trace_tokens = args.trace_tokens or (65536 if gpu else 8192)
+    # Up to three adjacent layers in the middle (0 and 1 at two layers): traced, SAEs trained, and the
+    # provenance BFS walks down them (depth 2 needs three).
+    top = max(args.layers // 2, 1) if args.layers > 1 else 0
+    sae_layers = sorted({max(top - 2, 0), max(top - 1, 0), top})
+    layers = [a for L in sae_layers for a in ("--layer", str(L))]
+    trace_tokens = args.trace_tokens or (32768 if gpu else 8192)
     train_tokens = args.train_tokens or (trace_tokens // 2)
     fit = [] if gpu else ["--fit-tokens", "1024", "--refine-tokens", "256", "--refine-steps", "4",
                           "--batch-size", "4"]
-    layers = ["--layer", str(max(top - 1, 0)), "--layer", str(top)] if args.layers > 1 else ["--layer", "0"]
     train = ["tuiwb", "train", "--acts", str(acts), *layers, "--out", str(saes), "--expansion",
              str(args.expansion), "--k", "32", "--tokens", str(train_tokens), "--batch-size", "1024",
              "--overwrite", "--no-progress", "--lr", "2e-4", "--log", "none"]
     stages = [
-        ("trace", ["tuiwb", "trace", *m, "--data", data, "--layer", "all", "--out", str(acts), "--overwrite",
+        ("trace", ["tuiwb", "trace", *m, "--data", data, *layers, "--out", str(acts), "--overwrite",
                    "--seq-len", "128", "--batch-size", "8", "--max-tokens", str(trace_tokens)]),
         ("trace vs bare", ["bare", *m, "--data", data, "--tokens", str(min(trace_tokens, 4096 if not gpu else 32768)),
-                           "--work", str(work)]),
+                           "--work", str(work), *layers]),
         ("train (from disk)", train),
     ]
     if _has_live_train():
@@ -221,6 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="float32", help="weight dtype of the built model (default float32)")
     ap.add_argument("--model", type=Path, default=None, help="use this saved model instead of building one")
+    ap.add_argument("--build-device", default="cpu", help="device the random weights are initialised on")
     ap.add_argument("--work", type=Path, default=None, help="working directory (default: a temp dir)")
     ap.add_argument("--expansion", type=int, default=8, help="SAE latents = expansion × hidden (default 8)")
     ap.add_argument("--trace-tokens", type=int, default=None)
@@ -235,7 +241,8 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="tuiwb-bench-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = args.model or build_model(args.shape, args.layers, work / "model", args.dtype)
+    model = args.model or build_model(args.shape, args.layers, work / "model", args.dtype,
+                                      device=args.build_device)
     build_s = round(time.perf_counter() - t0, 1)
     if args.only_build:
         print(json.dumps({"model": str(model), "build_seconds": build_s}))
