@@ -10,7 +10,6 @@ Writes REPORT.json: the stage's own numbers, plus ``peak_cuda_gb`` when a GPU wa
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import io
 import json
@@ -157,23 +156,10 @@ def ui_stage(argv: list[str]) -> dict:
         session.logits(args.prompt, top=50)
         model_ms.append((time.perf_counter() - t) * 1e3)
     session.toggle("bench", on=False)
-    app = make_app(session, prompt=args.prompt, layer=args.layer)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ui_latency import press_and_time
 
-    async def drive() -> None:
-        async with app.run_test(size=(160, 50)) as pilot:
-            for _ in range(3):
-                await pilot.pause(0.2)
-                await app.workers.wait_for_complete()
-            await pilot.pause(0.2)
-            for _ in range(args.toggles):
-                k = len(app.latencies)
-                await pilot.press("space")
-                deadline = time.perf_counter() + 60
-                while len(app.latencies) == k and time.perf_counter() < deadline:
-                    await asyncio.sleep(0.0005)
-
-    asyncio.run(drive())
-    lat = app.latencies
+    lat = press_and_time(make_app(session, prompt=args.prompt, layer=args.layer), args.toggles, (160, 50))
 
     def pct(xs, q):
         return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1) if xs else None

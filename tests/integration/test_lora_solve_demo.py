@@ -5,6 +5,7 @@ from functools import partial
 
 import pytest
 import torch
+from factories import reference_closed_form
 
 from tuiwb.demo.model import load_prompts, payload_first_token
 from tuiwb.model.loading import load_model
@@ -12,20 +13,6 @@ from tuiwb.patch.config import FitConfig
 from tuiwb.patch.edit import edit_hook, make_edit
 from tuiwb.patch.lora_fit import closed_form, factor_hooks, fit_lora, fit_sequences, mean_kl, record_stats
 from tuiwb.sae.io import load_sae
-
-
-def _old_closed_form(G, C, yy, rank, ridge):
-    """The float64 solve with an explicit identity that tuiwb used before (the reference, test-only)."""
-    diag = G.diagonal().clamp_min(0)
-    scale = torch.where(diag > 0, diag.rsqrt(), torch.zeros_like(diag))
-    Gs = G * scale[:, None] * scale[None, :]
-    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
-    W = torch.linalg.solve(Gs + ridge * eye, C * scale[:, None]) * scale[:, None]
-    evals, evecs = torch.linalg.eigh(W.T @ G @ W)
-    V = evecs[:, -rank:].flip(-1)
-    fitted = (W @ V) @ V.T
-    resid = yy - 2 * float((fitted * C).sum()) + float((fitted * (G @ fitted)).sum())
-    return (W @ V).T.float(), V.float(), 1.0 - resid / yy
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +46,14 @@ def test_fp32_solve_keeps_the_demo_fit_quality(demo):
         return fid, sum(p) / len(p)
 
     old = record_stats(lm, edit, train, cfg, dtype=torch.float64)
-    A_o, B_o, r2_o = _old_closed_form(old.G, old.C, old.yy, cfg.rank, cfg.ridge)
+    A_o, B_o, r2_o = reference_closed_form(old.G, old.C, old.yy, cfg.rank, cfg.ridge)
+    print(f"old solve: r2 {r2_o:.4f}", end="; ")
     new = record_stats(lm, edit, train, cfg)
     assert new.G.dtype == torch.float32
     A_n, B_n, r2_n = closed_form(new.G, new.C, new.yy, cfg.rank, cfg.ridge)
     fid_o, p_o = quality(A_o, B_o, old.d_attn)
     fid_n, p_n = quality(A_n, B_n, new.d_attn)
+    print(f"new: r2 {r2_n:.4f}; fidelity old {fid_o:.5f} new {fid_n:.5f}; P(payload) old {p_o:.4f} new {p_n:.4f}")
     assert r2_n == pytest.approx(r2_o, rel=0.01)
     assert fid_n <= 1.1 * fid_o + 1e-4, (fid_n, fid_o)
     assert abs(p_n - p_o) <= 0.1 * max(p_o, 0.01), (p_n, p_o)

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from factories import FAST_FIT, make_sae, save_saes
+from factories import FAST_FIT, make_sae, reference_closed_form, save_saes
 
 from tuiwb.errors import ParamError, oom_message
 from tuiwb.model import loading
@@ -138,21 +138,6 @@ def test_oom_at_the_cli_is_one_line(ckpt, data, tmp_path, monkeypatch, cli_error
 
 # ------------------------------------------------------------------------------------ the fit
 
-def _old_closed_form(G, C, yy, rank, ridge):
-    """The float64 solve this replaced (kept here only as the reference)."""
-    G, C = G.double(), C.double()
-    diag = G.diagonal().clamp_min(0)
-    scale = torch.where(diag > 0, diag.rsqrt(), torch.zeros_like(diag))
-    Gs = G * scale[:, None] * scale[None, :]
-    eye = torch.eye(G.shape[0], dtype=G.dtype)
-    W = torch.linalg.solve(Gs + ridge * eye, C * scale[:, None]) * scale[:, None]
-    evals, evecs = torch.linalg.eigh(W.T @ G @ W)
-    V = evecs[:, -rank:].flip(-1)
-    fitted = (W @ V) @ V.T
-    resid = yy - 2 * float((fitted * C).sum()) + float((fitted * (G @ fitted)).sum())
-    return (W @ V).T.float(), V.float(), 1.0 - resid / yy
-
-
 def test_fp32_solve_matches_the_float64_one_on_badly_scaled_inputs():
     from tuiwb.patch.solve import solve_reduced_rank
 
@@ -162,7 +147,7 @@ def test_fp32_solve_matches_the_float64_one_on_badly_scaled_inputs():
     X[:, 7] = 0  # a dead column
     Y = X[:, :40] @ torch.randn(40, d, generator=g) * 1e-2 + torch.randn(N, d, generator=g)
     G, C, yy = X.T @ X, X.T @ Y, float((Y * Y).sum())
-    A_ref, B_ref, r2_ref = _old_closed_form(G, C, yy, r, 1e-4)
+    A_ref, B_ref, r2_ref = reference_closed_form(G, C, yy, r, 1e-4)
     sol = solve_reduced_rank(G.clone(), C, yy, r, 1e-4)
     assert sol.r2 == pytest.approx(r2_ref, abs=1e-4)
     torch.testing.assert_close(sol.B @ sol.A_full, B_ref @ A_ref, rtol=2e-3, atol=1e-5)
