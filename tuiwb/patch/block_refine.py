@@ -29,6 +29,11 @@ from tuiwb.model.hooks import hidden
 from tuiwb.progress import as_progress
 
 QUANT_LINEARS = ("Linear4bit", "Linear8bitLt")
+
+
+def _is_bnb_linear(mod: nn.Module) -> bool:
+    """A bitsandbytes quantized linear itself (PEFT's wrappers of one share its class name, not its module)."""
+    return type(mod).__name__ in QUANT_LINEARS and type(mod).__module__.startswith("bitsandbytes")
 _WINDOW = 50
 
 
@@ -141,11 +146,11 @@ def block_error(block: nn.Module, names: dict[str, str], factors, data: list[Blo
 def differentiable_block(block: nn.Module, sample: BlockBatch | None) -> nn.Module:
     """``block`` itself, or for a bitsandbytes block a copy with every quantized linear dequantized
     (so backpropagation never enters a 4-bit/8-bit kernel); the copy is checked against the original."""
-    if not any(type(m).__name__ in QUANT_LINEARS for m in block.modules()):
+    if not any(_is_bnb_linear(m) for m in block.modules()):
         return block
     dense = copy.deepcopy(block)
     for name, mod in list(dense.named_modules()):
-        if type(mod).__name__ in QUANT_LINEARS:
+        if _is_bnb_linear(mod):
             dense.set_submodule(name, _dequantized(mod))
     dense.requires_grad_(False)
     if sample is not None:
