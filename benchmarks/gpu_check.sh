@@ -47,6 +47,7 @@ echo "== build: $SHAPE, $LAYERS layers, random $DTYPE weights, saved to $WORK/mo
   --work "$WORK" --only-build
 
 echo "== every stage, loaded ${QUANT[*]:-in full precision} on $DEVICE"
+rm -f "$WORK/result.json"  # a stale result must not pass for this run's
 set +e
 "$PY" "$HERE/bench_scale.py" --shape "$SHAPE" --model "$WORK/model" --device "$DEVICE" ${QUANT[@]+"${QUANT[@]}"} \
   --work "$WORK" --json "$WORK/result.json" ${EXTRA[@]+"${EXTRA[@]}"}
