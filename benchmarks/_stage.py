@@ -169,9 +169,32 @@ def ui_stage(argv: list[str]) -> dict:
             "ui_p50_ms": pct(lat, 50), "ui_p95_ms": pct(lat, 95), "ui_n": len(lat)}
 
 
+def active_stage(argv: list[str]) -> dict:
+    """The feature of ``--sae`` most active on ``--prompt``'s last token (so the hook, the LoRA and the
+    provenance stages edit and explain a feature that is really on)."""
+    import torch
+
+    from tuiwb.sae.io import load_sae
+
+    ap = argparse.ArgumentParser()
+    _model_args(ap)
+    ap.add_argument("--sae", required=True)
+    ap.add_argument("--prompt", required=True)
+    args = ap.parse_args(argv)
+    loaded = _load(args)
+    sae = load_sae(args.sae)
+    layer = int(sae.cfg.layer)
+    sae.to(loaded.layer_device(layer))
+    with torch.no_grad():
+        h = loaded.run_to(torch.tensor([loaded.encode(args.prompt)], device=loaded.device), layer)  # [1, T, d]
+        acts = sae.encode(h[0, -1:].to(sae.W_enc.device, sae.W_enc.dtype))[0]  # [d_sae]
+    top = torch.topk(acts, 4)
+    return {"features": [int(i) for i in top.indices], "acts": [round(float(v), 3) for v in top.values]}
+
+
 def main() -> int:
     report, kind, rest = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    out = {"tuiwb": cli_stage, "bare": bare_stage, "ui": ui_stage}[kind](rest)
+    out = {"tuiwb": cli_stage, "bare": bare_stage, "ui": ui_stage, "active": active_stage}[kind](rest)
     if "torch" in sys.modules:
         import torch
 

@@ -14,6 +14,7 @@ CUDA memory on a GPU:
 - ``trace`` (CLI), and ``trace vs bare`` (library, one loaded model): tok/s of the trace against a bare
   forward of the same windows up to the same layer (the recording overhead, as a ratio);
 - ``train`` from disk (CLI; the live route ``train --model`` when this tuiwb has it, else a note);
+- ``active feature``: the SAE features most active on the prompt (what the next stages edit and explain);
 - ``eval`` and ``features`` (CLI, with the model: logit effects must be present);
 - ``logits`` with a hook patch, ``patch build`` (rank 8), ``logits`` with that LoRA (CLI);
 - ``provenance`` at depth 2 (CLI);
@@ -193,11 +194,12 @@ def plan(args, model: Path, work: Path) -> list[tuple[str, list[str]]]:
         print("note: this tuiwb has no `train --model` (live training): the live train stage is skipped", flush=True)
     sae = str(saes / f"layer_{top}")
     stages += [
+        ("active feature", ["active", *m, "--sae", sae, "--prompt", PROMPT]),
         ("eval", ["tuiwb", "eval", "--acts", str(acts), "--sae", sae, *m, "--json"]),
         ("features", ["tuiwb", "features", "--acts", str(acts), "--sae", sae, *m, "--json", "--top", "5",
                       "--no-cache"]),
         ("logits + hook", ["tuiwb", "logits", *m, "--prompt", PROMPT, "--saes", str(saes), "--ablate",
-                           f"{top}:0,1,2,3", "--json"]),
+                           f"{top}:FEATURES", "--json"]),
         ("patch build", ["tuiwb", "patch", "build", *m, "--sae", sae, "--feature", "FEATURE", "--out", str(lora),
                          "--data", data, "--force", "--json", *fit]),
         ("logits + LoRA", ["tuiwb", "logits", *m, "--prompt", PROMPT, "--lora", str(lora), "--json"]),
@@ -251,17 +253,16 @@ def main(argv=None) -> int:
         args.layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
     log = work / "stages.log"
     results = []
-    feature = "0"
+    feature, features = "0", "0,1,2,3"
     for name, cmd in plan(args, model, work):
-        cmd = [feature if c == "FEATURE" else c for c in cmd]
+        cmd = [feature if c == "FEATURE" else c.replace("FEATURES", features) for c in cmd]
         print(f"[{time.strftime('%H:%M:%S')}] {name} …", flush=True)
         r = run_stage(name, cmd, log)
+        if name == "active feature" and r.get("features"):  # edit and explain features that are on
+            feature, features = str(r["features"][0]), ",".join(map(str, r["features"]))
         if name == "features" and r.get("stdout_json"):
             feats = r["stdout_json"].get("features", [])
             r["logit_effects"] = bool(feats) and all(f.get("top_logits") for f in feats)
-            if feats:
-                feature = str(feats[0]["id"])
-            r.pop("stdout_json", None)
         r.pop("stdout_json", None)
         results.append(r)
         print(f"    rc {r['rc']}  {r['seconds']} s  peak RSS {r['peak_rss_gb']} GB"

@@ -40,7 +40,7 @@ def test_plan_covers_every_stage_of_the_issue():
     args = argparse.Namespace(device="cuda", quant="4bit", layers=32, trace_tokens=None, train_tokens=None,
                               expansion=8, toggles=30)
     stages = dict(bench_scale.plan(args, Path("/m"), Path("/w")))
-    for name in ("trace", "trace vs bare", "train (from disk)", "eval", "features", "logits + hook", "patch build",
+    for name in ("trace", "trace vs bare", "train (from disk)", "active feature", "eval", "features", "logits + hook", "patch build",
                  "logits + LoRA", "provenance d2", "session + ui"):
         assert name in stages, name
     assert stages["trace"][stages["trace"].index("--quant") + 1] == "4bit"
