@@ -93,3 +93,11 @@ class Exported(Message):
     """A patch was written as ``lora/NAME`` (manifest + PEFT adapter)."""
 
     path: Path
+
+
+@dataclass
+class SessionChanged(Message):
+    """Another client of the Session (the browser companion, a notebook) changed the patches or the
+    prompt: ``event`` is the Session's event (``{"type": "patches"}`` / ``{"type": "prompt", "text"}``)."""
+
+    event: dict
