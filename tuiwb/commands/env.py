@@ -8,11 +8,12 @@ HELP = "show torch/CUDA/bitsandbytes versions, GPUs with free memory, and which 
 """One line in `tuiwb --help` (listed without building this command's parser)."""
 
 
+DESCRIPTION = ("What this machine offers: library versions, the device --device auto picks, each GPU's free "
+               "memory, and whether --quant 8bit / 4bit work (each is tried on a tiny layer).")
+
+
 def add_parser(sub, parents) -> None:
-    p = sub.add_parser("env", parents=parents, help=HELP,
-                       description="What this machine offers: library versions, the device --device auto "
-                                   "picks, each GPU's free memory, and whether --quant 8bit / 4bit work "
-                                   "(each is tried on a tiny layer).")
+    p = sub.add_parser("env", parents=parents, help=HELP, description=DESCRIPTION)
     p.add_argument("--json", action="store_true", help="print exactly one JSON object")
     p.set_defaults(run=run)
 
