@@ -210,3 +210,18 @@ def test_4bit_refinement_never_backpropagates_through_4bit_kernels(tmp_path, dat
     assert not [w for w in caught if "autograd kernel was not registered" in str(w.message)]
     assert rep.rel_err_refined is not None and rep.rel_err_refined < 1.0
     assert rep.peak_extra_bytes > 0 and rep.solve_seconds > 0
+
+
+def test_features_say_why_logit_effects_are_missing(tmp_path, monkeypatch, cli):
+    """At any width, `top_logits` is empty only without the model; the CLI says so instead of staying silent."""
+    from factories import make_acts
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model, acts = make_acts(tmp_path, n_docs=60)
+    sae = save_saes(tmp_path / "saes", {1: make_sae(1, 32, d_sae=128)}) / "layer_1"
+    code, out, err = cli("features", "--acts", acts, "--sae", sae, "--json", "--top", "3")
+    assert code == 0 and all(r["top_logits"] == [] for r in json.loads(out)["features"])
+    assert "no logit effects" in err and "--model" in err
+    code, out, err = cli("features", "--acts", acts, "--sae", sae, "--model", model, "--json", "--top", "3")
+    assert code == 0 and all(len(r["top_logits"]) > 0 for r in json.loads(out)["features"])
+    assert "no logit effects" not in err

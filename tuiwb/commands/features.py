@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
             resolve_token(args.target, loaded.tokenizer)
     cfg = StatsConfig(max_tokens=args.max_tokens)
     stats = load_or_compute(args.sae, store, loaded, sae=sae, cfg=cfg, progress=True, refresh=args.no_cache)
+    if loaded is None and not stats.has_logits:
+        from tuiwb.errors import warn
+
+        # Why `top_logits` would come back empty: they are read through the model's unembedding.
+        warn("no logit effects (promotes, top_logits) without the model: pass `model` to compute them")
 
     extra: dict = {}
     if args.contrast:
