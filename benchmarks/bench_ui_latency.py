@@ -28,6 +28,27 @@ def _pct(xs, q) -> float:
     return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 2)
 
 
+def press_and_time(app, n: int, size: tuple[int, int], key: str = "space", timeout_s: float = 60.0) -> list[float]:
+    """Drive ``app`` headless with Pilot: press ``key`` ``n`` times, each after the previous repaint;
+    returns the app's own key → repaint latencies (ms)."""
+
+    async def drive() -> None:
+        async with app.run_test(size=size) as pilot:
+            for _ in range(3):  # let the table, the feature panes and the first logits arrive
+                await pilot.pause(0.2)
+                await app.workers.wait_for_complete()
+            await pilot.pause(0.2)
+            for _ in range(n):
+                k = len(app.latencies)
+                await pilot.press(key)
+                deadline = time.perf_counter() + timeout_s
+                while len(app.latencies) == k and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.0005)
+
+    asyncio.run(drive())
+    return list(app.latencies)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variant", choices=("full", "small"), default="full")
@@ -55,21 +76,7 @@ def main(argv=None) -> int:
     session.toggle(TRIGGER_PATCH, on=False)
 
     app = make_app(session, **kwargs)
-
-    async def drive() -> None:
-        async with app.run_test(size=(w, h)) as pilot:
-            for _ in range(3):  # let the table, the feature panes and the first logits arrive
-                await pilot.pause(0.2)
-                await app.workers.wait_for_complete()
-            await pilot.pause(0.2)
-            for _ in range(args.n):
-                k = len(app.latencies)
-                await pilot.press("space")
-                while len(app.latencies) == k:
-                    await asyncio.sleep(0.0005)
-
-    asyncio.run(drive())
-    lat = app.latencies
+    lat = press_and_time(app, args.n, (w, h))
     out = {
         "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "n": len(lat),
         "max_ms": round(max(lat), 2),

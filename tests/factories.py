@@ -111,3 +111,21 @@ def poison_rows(acts: Path, layer: int, rows: list[int], value: float = float("n
         writer.write_table(table.slice(start, n))
         start += n
     writer.close()
+
+
+# ---- the LoRA fit's reference -------------------------------------------------------------------
+
+def reference_closed_form(G, C, yy, rank, ridge):
+    """The float64 solve with an explicit identity that tuiwb used before the fp32 Cholesky one: kept
+    for the tests only, as the reference the new solve is compared with (``(A_full, B, r2)``)."""
+    G, C = G.double(), C.double()
+    diag = G.diagonal().clamp_min(0)
+    scale = torch.where(diag > 0, diag.rsqrt(), torch.zeros_like(diag))
+    Gs = G * scale[:, None] * scale[None, :]
+    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    W = torch.linalg.solve(Gs + ridge * eye, C * scale[:, None]) * scale[:, None]
+    evals, evecs = torch.linalg.eigh(W.T @ G @ W)
+    V = evecs[:, -rank:].flip(-1)
+    fitted = (W @ V) @ V.T
+    resid = yy - 2 * float((fitted * C).sum()) + float((fitted * (G @ fitted)).sum())
+    return (W @ V).T.float(), V.float(), 1.0 - resid / yy

@@ -10,5 +10,5 @@ DtypeName = Literal["float32", "float16", "bfloat16"]
 QUANT_CHOICES = QuantName.__args__
 DTYPE_NAMES = DtypeName.__args__
 
-DEFAULT_DEVICE = "cpu"
-"""The torch device every command uses unless told otherwise."""
+DEFAULT_DEVICE = "auto"
+"""The torch device every command uses unless told otherwise: ``auto`` = cuda, then mps, then cpu."""

@@ -15,7 +15,8 @@ import sys
 import warnings
 
 from tuiwb import __version__
-from tuiwb.errors import TuiwbError, TuiwbWarning, render_for_cli, user_message
+from tuiwb.errors import (MEMORY_FLAGS, TuiwbError, TuiwbWarning, is_out_of_memory, oom_message, render_for_cli,
+                          user_message)
 
 # Order here is the order in `tuiwb --help`.
 COMMANDS = [
@@ -30,6 +31,7 @@ COMMANDS = [
     "provenance",
     "ui",
     "serve",
+    "env",
 ]
 
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 — the last line of defence for a CLI
         if debug:
             raise
-        fixable = user_message(e)
+        fixable = _oom_line(e, argv) if is_out_of_memory(e) else user_message(e)
         if fixable is not None:
             print(f"tuiwb: error: {_line(fixable, e, args)}", file=sys.stderr)
             return TuiwbError.exit_code
@@ -114,6 +116,18 @@ def _line(message: str, e: BaseException, args) -> str:
     """One line: the message and what the library added about the aftermath (``add_note``), as flags."""
     notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))
     return render_for_cli(message + notes, getattr(args, "_flags", None))
+
+
+def _oom_line(e: BaseException, argv: list[str]) -> str:
+    """The stage (the command words typed, e.g. ``patch build``) and the flag that lowers its memory."""
+    words: list[str] = []
+    for a in argv:
+        if a.startswith("-"):
+            if words:
+                break
+            continue  # a leading --debug
+        words.append(a)
+    return oom_message(e, " ".join(words) or None, MEMORY_FLAGS.get(words[0]) if words else None)
 
 
 def _silence_stdout() -> None:

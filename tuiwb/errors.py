@@ -63,6 +63,48 @@ def warn(message: str) -> None:
     warnings.warn(message, TuiwbWarning, stacklevel=2)
 
 
+MEMORY_FLAGS = {
+    "trace": "batch_size", "train": "batch_size", "eval": "batch_size", "features": "batch_size",
+    "logits": "quant=4bit", "patch": "batch_size", "provenance": "quant=4bit", "ui": "quant=4bit", "serve": "quant=4bit",
+}
+"""Per command, the parameter that lowers its peak memory (what an out-of-memory error suggests)."""
+
+_ALLOC = re.compile(r"[Tt]ried to allocate ([0-9.]+ ?[KMGT]i?B)|allocate (\d+) bytes")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA/MPS/CPU allocator failure (``torch.OutOfMemoryError``, ``MemoryError`` or their messages)."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    first = (str(e).strip().splitlines() or [""])[0]
+    return isinstance(e, RuntimeError) and ("out of memory" in first.lower()
+                                            or "DefaultCPUAllocator" in first and "allocate" in first)
+
+
+def oom_message(e: BaseException, stage: str | None, flag: str | None) -> str:
+    """One line: the stage, how much it tried to allocate (when the allocator says), the parameter
+    that lowers it, e.g. ``out of memory in trace (tried to allocate 2.00 GiB on the GPU): lower `batch_size```."""
+    text = str(e)
+    m = _ALLOC.search(text)
+    size = None
+    if m:
+        size = m.group(1) or _human_bytes(int(m.group(2)))
+    where = "the GPU" if ("CUDA" in text or "GPU" in text) else "MPS" if "MPS" in text else "the host"
+    tried = f"tried to allocate {size} on {where}" if size else f"on {where}"
+    fix = f"lower `{flag}`" if flag and "=" not in flag else f"pass `{flag}`" if flag else "use smaller inputs"
+    if flag and "=" not in flag:
+        fix += ", or load the model with `quant=4bit`"
+    return f"out of memory in {stage or 'this command'} ({tried}): {fix}, then rerun"
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
 def user_message(e: BaseException) -> str | None:
     """A one-line, actionable message for a library exception whose cause the user can fix: a full
     disk, a path that cannot be written, a corrupt file, a device that does not exist. None for bugs.

@@ -26,4 +26,5 @@ def load_model_from_args(args: argparse.Namespace):
     from tuiwb.model.loading import load_model
 
     return load_model(args.model, quant=args.quant, device=args.device, dtype=args.dtype,
-                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                      trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                      device_map=args.device_map)

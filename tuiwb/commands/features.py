@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model_from_args(args) if args.model else None
     if loaded is not None:
         check_sae_fits(sae, loaded=loaded)
-        sae.to(loaded.device)
+        sae.to(loaded.layer_device(sae.cfg.layer if sae.cfg.layer is not None else 0))
     if args.contrast:  # every input of the search is checked before the stats pass
         from tuiwb.commands._config_args import config_from
         from tuiwb.features.config import EffectConfig
@@ -91,6 +91,11 @@ def run(args: argparse.Namespace) -> int:
             resolve_token(args.target, loaded.tokenizer)
     cfg = StatsConfig(max_tokens=args.max_tokens)
     stats = load_or_compute(args.sae, store, loaded, sae=sae, cfg=cfg, progress=True, refresh=args.no_cache)
+    if loaded is None and not stats.has_logits:
+        from tuiwb.errors import warn
+
+        # Why `top_logits` would come back empty: they are read through the model's unembedding.
+        warn("no logit effects (promotes, top_logits) without the model: pass `model` to compute them")
 
     extra: dict = {}
     if args.contrast:

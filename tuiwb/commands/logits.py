@@ -102,7 +102,7 @@ def _open_session(args, specs):
 
     session = Session.open(args.model, saes_dir=args.saes, lora_dirs=args.lora, quant=args.quant,
                            device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                           allow_pickle=args.allow_pickle)
+                           allow_pickle=args.allow_pickle, device_map=args.device_map)
     for i, (layer, feats, mode) in enumerate(specs):
         session.add_patch(name=f"cli{i}", layer=layer, features=feats, mode=mode, method="hook")
     return session

@@ -100,7 +100,8 @@ def run_build(args: argparse.Namespace) -> int:
     from tuiwb.sae.io import load_sae
 
     loaded = load_model_from_args(args)
-    sae = load_sae(args.sae, device=loaded.device)
+    sae = load_sae(args.sae)
+    sae.to(loaded.layer_device(sae.cfg.layer if sae.cfg.layer is not None else 0))  # its block's device
     acts = None
     if args.acts:
         from tuiwb.trace.store import ActivationStore
@@ -139,7 +140,7 @@ def run_export(args: argparse.Namespace) -> int:
     check_output(out, args.force)
     session = Session.open(args.model, lora_dirs=args.lora, quant=args.quant, device=args.device,
                            dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                           allow_pickle=args.allow_pickle)
+                           allow_pickle=args.allow_pickle, device_map=args.device_map)
     names = [p.name for p in session.patches]
     path = session.export(names, out, overwrite=args.force)
     print(f"wrote {path}: {len(names)} patch(es) merged into one PEFT adapter ({', '.join(names)})")

@@ -81,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.saes).is_dir():
         raise TuiwbError(f"SAE directory {args.saes} does not exist: point --saes at a saes/ directory")
     loaded = load_model_from_args(args)
-    saes = load_saes(args.saes, device=loaded.device)
-    for sae in saes.values():
+    saes = load_saes(args.saes)
+    for layer, sae in saes.items():
         check_sae_fits(sae, loaded=loaded)
+        sae.to(loaded.layer_device(layer))  # its block's device, also under a device map
     # Validate before reading stats or running anything, so mistakes fail fast.
     check_request(loaded.n_layers, saes, args.layer, args.feature, args.depth, args.top, args.threshold,
                   args.method, args.steps)

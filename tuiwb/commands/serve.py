@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     loras = lora_dirs(args.lora)
     session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=loras, quant=args.quant,
                            device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                           allow_pickle=args.allow_pickle)
+                           allow_pickle=args.allow_pickle, device_map=args.device_map)
     session.prompt = args.prompt
     handle = start_companion(session, args, roots=roots_of(args.saes, args.acts, *loras))
     try:

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     loras = lora_dirs(args.lora)
     session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=loras,
                            quant=args.quant, device=args.device, dtype=args.dtype,
-                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
+                           trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle,
+                           device_map=args.device_map)
     kw = dict(prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
     if not args.companion:
         return open_workbench(session, **kw)

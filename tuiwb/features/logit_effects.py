@@ -45,10 +45,15 @@ def decoder_logits(sae, loaded, features=None):
     return out
 
 
-def logit_effects(sae, loaded, n: int = 10, chunk: int = 1024):
-    """``(top_ids, top_vals, bottom_ids, bottom_vals)``, each ``[d_sae, n]``, by chunks of features."""
+def logit_effects(sae, loaded, n: int = 10, chunk: int | None = None):
+    """``(top_ids, top_vals, bottom_ids, bottom_vals)``, each ``[d_sae, n]``, by chunks of features.
+
+    A chunk's ``[chunk, vocab]`` logits stay ≤ 256 MB (fp32) by default: 2k features at a 32k
+    vocabulary, 400 at Qwen's 152k, so 131k latents stream through in a few hundred chunks.
+    """
     d_sae = int(sae.W_dec.shape[0])
     n = min(n, loaded.vocab_size)
+    chunk = chunk or max(16, 2**26 // max(loaded.vocab_size, 1))
     pos_i, pos_v, neg_i, neg_v = [], [], [], []
     for s in range(0, d_sae, chunk):
         lg = decoder_logits(sae, loaded, list(range(s, min(d_sae, s + chunk))))  # [c, vocab]

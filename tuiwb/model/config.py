@@ -17,7 +17,9 @@ class ModelConfig:
     quant: QuantName | None = None
     """Load weights in 8-bit or 4-bit (bitsandbytes)."""
     device: str = DEFAULT_DEVICE
-    """Torch device, e.g. cpu, cuda, cuda:1."""
+    """Torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps."""
+    device_map: str | None = field(default=None, metadata=flag(metavar="MAP"))
+    """Split the model over several GPUs (accelerate): auto, balanced, or JSON {"model.layers.0": 0, ...}."""
     dtype: DtypeName | None = None
     """Weight dtype (default: the checkpoint's)."""
     trust_remote_code: bool = False

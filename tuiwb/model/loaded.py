@@ -20,6 +20,7 @@ from torch import nn
 
 from tuiwb.errors import TuiwbError
 from tuiwb.model.arch import ArchSpec, config_hash, get_module, weights_fingerprint
+from tuiwb.model.device_map import input_device, module_device
 from tuiwb.model.hooks import EMBED_HOOK, StopForward, hidden, parse_hook_name
 
 EMBED = -1
@@ -74,7 +75,22 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where token ids go (the input embedding's device; the only device unless split by a device map)."""
+        return input_device(self.model)
+
+    def layer_device(self, layer: int) -> torch.device:
+        """The device block ``layer`` computes on: its SAE, hook tensors and LoRA factors live there."""
+        if layer == EMBED:
+            return self.device
+        self.check_layer(layer)
+        return module_device(self.model, f"{self.arch.blocks}.{layer}", self.blocks[layer])
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices the model is split over (one entry unless a device map split it)."""
+        dmap = getattr(self.model, "hf_device_map", None) or {}
+        found = [str(self.layer_device(i)) for i in range(self.n_layers)] if len(set(dmap.values())) > 1 else []
+        return list(dict.fromkeys([str(self.device), *found]))
 
     @property
     def max_positions(self) -> int | None:

@@ -12,6 +12,7 @@ import torch
 from tuiwb.choices import DEFAULT_DEVICE, DTYPE_NAMES, QUANT_CHOICES
 from tuiwb.errors import ParamError, TuiwbError
 from tuiwb.model.arch import resolve_arch
+from tuiwb.model.device_map import parse_device_map
 from tuiwb.model.loaded import LoadedModel
 from tuiwb.model.quiet_imports import no_kernel_downloads
 
@@ -51,6 +52,17 @@ def resolve_device(spec: str | None) -> str:
     return spec
 
 
+def default_compute_dtype(device: str) -> torch.dtype:
+    """The 4-bit compute dtype: bfloat16 on a GPU that has it (Ampere and later), float16 on older
+    GPUs, float32 on the CPU (whose bfloat16 matmuls are slow on most chips)."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dev.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
 def _check_hub_id(spec: str) -> None:
     """Reach the hub only for a well-formed id, say so in one line, and never when offline."""
     if not _HUB_ID.match(spec):
@@ -78,12 +90,15 @@ def load_model(
     dtype: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    device_map: str | dict | None = None,
 ) -> LoadedModel:
     """Load a decoder-only causal LM from a local directory or a hub id.
 
     ``quant`` loads the weights through bitsandbytes (8-bit or 4-bit); ``trust_remote_code`` stays off
     unless the user asks for it, and so does ``allow_pickle``: only safetensors weights load by
-    default, since unpickling a ``pytorch_model.bin`` runs whatever code the file contains. Errors the
+    default, since unpickling a ``pytorch_model.bin`` runs whatever code the file contains.
+    ``device_map`` (``auto``, ``balanced`` or ``{module prefix: device}``) splits the model over
+    several devices through accelerate; ``device`` then only decides the 4-bit compute dtype. Errors the
     user can fix become one-line ``TuiwbError``s, before any weight is read where possible.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -93,6 +108,7 @@ def load_model(
     if dtype is not None and dtype not in DTYPES:
         raise TuiwbError(f"`dtype` must be one of {', '.join(DTYPES)}, not {dtype!r}")
     device = resolve_device(device)
+    device_map = parse_device_map(device_map)
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -125,9 +141,15 @@ def load_model(
         if quant == "8bit":
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         else:
-            compute = DTYPES[dtype] if dtype else torch.float32
+            compute = DTYPES[dtype] if dtype else default_compute_dtype(device)
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
         kwargs["device_map"] = {"": device}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if isinstance(device_map, dict) and "disk" in device_map.values():
+            import tempfile
+
+            kwargs["offload_folder"] = tempfile.mkdtemp(prefix="tuiwb-offload-")
     try:
         model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
     except ValueError as e:
@@ -142,7 +164,7 @@ def load_model(
             raise TuiwbError(f"{spec} has no safetensors weights: convert them, or pass `allow_pickle=True` "
                              "if you trust its pickle files (they can run arbitrary code)") from e
         raise
-    if quant is None:
+    if quant is None and device_map is None:
         model = model.to(device)
     model.eval()
     try:

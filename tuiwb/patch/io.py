@@ -229,5 +229,8 @@ def lora_manifest_fields(p, edit, report, fidelity: float, src: str, held_src: s
                 "layer_rel_err_closed_form": report.rel_err_closed,
                 "layer_rel_err_refined": report.rel_err_refined, "refined": report.refined,
                 "refine_steps": report.refine_steps,
-                "seconds": round(report.seconds, 3)},
+                "seconds": round(report.seconds, 3),
+                "solve_seconds": round(report.solve_seconds, 3), "refine_seconds": round(report.refine_seconds, 3),
+                "peak_extra_mb": round(report.peak_extra_bytes / 2**20, 1),
+                "peak_extra_measured": "cuda" if report.peak_measured else "solve buffers"},
     }

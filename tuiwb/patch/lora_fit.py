@@ -8,12 +8,13 @@ the hook closely. The recipe, for the edit at layer L's output h with target Δ 
    down-projection ``X_mlp`` together with Δ — only as sufficient statistics (Gram matrix ``XᵀX`` and
    ``XᵀΔ``), so memory does not grow with the number of tokens;
 2. solve the ridge least squares ``[X_attn, X_mlp] W ≈ Δ`` jointly (on standardised columns, so one
-   relative ridge works for every model);
+   relative ridge works for every model; fp32 Cholesky, no D×D copies: ``tuiwb.patch.solve``);
 3. reduced-rank regression: keep the top-r eigenvectors V_r of the fitted values' covariance
    ``WᵀXᵀXW`` and use ``W V_r V_rᵀ`` — both modules share B = V_r, each gets A = (W_module V_r)ᵀ;
 4. refine A and B with a few hundred Adam steps on the *real* layer output (the closed form ignores
-   that editing the attention output changes the MLP's input); keep the refinement only if it lowers
-   the error, measured on the same real output.
+   that editing the attention output changes the MLP's input), running block L alone on its recorded
+   inputs (``tuiwb.patch.block_refine``); keep the refinement only if it lowers the error, measured on
+   the same real output.
 
 Factors are "effective": a module's output gains ``B @ A @ x``; ``tuiwb.patch_io`` folds PEFT's
 ``lora_alpha / r`` scaling in when it writes an adapter.
@@ -21,19 +22,19 @@ Factors are "effective": a module's output gains ``B @ A @ x``; ``tuiwb.patch_io
 
 from __future__ import annotations
 
-import contextlib
-import math
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
-from torch import nn
 
 from tuiwb.errors import TuiwbError
 from tuiwb.model.batching import right_padded
+from tuiwb.patch.block_refine import (block_error, differentiable_block, factor_hooks_on, record_block_inputs,
+                                     refine_block)
 from tuiwb.patch.config import FitConfig
 from tuiwb.patch.edit import FeatureEdit
+from tuiwb.patch.solve import solve_reduced_rank
 from tuiwb.sae.compat import sae_layer
 from tuiwb.progress import as_progress
 
@@ -67,6 +68,14 @@ class FitReport:
     """Adam steps actually run (0: skipped; fewer than configured: stopped on a plateau)."""
     seconds: float
     """Wall time of the whole fit."""
+    solve_seconds: float = 0.0
+    """Wall time of the closed-form solve alone."""
+    refine_seconds: float = 0.0
+    """Wall time of the refinement (recording block L's inputs included); 0 when skipped."""
+    peak_extra_bytes: int = 0
+    """Peak memory the fit added on top of the model: measured on CUDA, else the solve's buffers."""
+    peak_measured: bool = False
+    """True when ``peak_extra_bytes`` is the CUDA allocator's measurement, not the buffers' sizes."""
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -108,27 +117,17 @@ def store_sequences(store, split: str, max_tokens: int) -> list[list[int]]:
     return out
 
 
-@contextlib.contextmanager
 def factor_hooks(loaded, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
-    """Add ``B @ A @ x`` to each named module's output (plain torch: differentiable, any quant)."""
-    pairs = []
+    """Add ``B @ A @ x`` to each named module's output (plain torch: differentiable, any quant, any device)."""
     modules = dict(loaded.model.named_modules())
-    for name, (A, B) in factors.items():
-        def hook(mod, args, output, A=A, B=B):
-            x = args[0]
-            upd = (x.to(A.dtype) @ A.T) @ B.T  # [..., d_out]
-            return output + upd.to(output.dtype)
-
-        pairs.append((modules[name], hook))
-    with loaded.hooks(pairs):
-        yield
+    return factor_hooks_on({name: modules[name] for name in factors}, factors)
 
 
 # ------------------------------------------------------------------------------------ the fit
 
 
 class Stats(NamedTuple):
-    """Sufficient statistics of the recorded inputs and targets (float64, on the model's device)."""
+    """Sufficient statistics of the recorded inputs and targets (float32 unless asked, on the layer's device)."""
 
     G: torch.Tensor
     """``XᵀX`` of ``X = [X_attn, X_mlp]``: ``[D, D]``."""
@@ -144,11 +143,16 @@ class Stats(NamedTuple):
     """``‖Δ‖²`` of each recorded sequence, in order (where the features fire)."""
 
 
-def record_stats(loaded, edit: FeatureEdit, sequences, cfg: FitConfig, progress: bool = False) -> Stats:
-    """Gram statistics of ``[X_attn, X_mlp]`` against the exact target Δ on ``sequences``."""
+def record_stats(loaded, edit: FeatureEdit, sequences, cfg: FitConfig, progress: bool = False,
+                 dtype: torch.dtype = torch.float32) -> Stats:
+    """Gram statistics of ``[X_attn, X_mlp]`` against the exact target Δ on ``sequences``.
+
+    Accumulated in place (``addmm_``: no D×D temporary per batch) in ``dtype`` on the device of the
+    layer, so at 7B width (D ≈ 18k) the Gram costs 1.4 GB, not the 2.7 GB per copy of float64.
+    """
     layer = sae_layer(edit.sae)
     writers = loaded.writers(layer)
-    device = loaded.device
+    device = loaded.layer_device(layer)
     acc: dict = {}
 
     def grab(key):
@@ -160,20 +164,20 @@ def record_stats(loaded, edit: FeatureEdit, sequences, cfg: FitConfig, progress:
     yy, n, energy = 0.0, 0, []
     with as_progress(progress).task(f"recording layer {layer}", cfg.fit_tokens, "tok") as task, torch.no_grad():
         hooks = [(writers["attn_out"], grab("attn")), (writers["mlp_out"], grab("mlp"))]
-        for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, device):
+        for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, loaded.device):
             h = loaded.run_to(ids, layer, pre_hooks=hooks)  # [B, T, d]
-            m = mask.reshape(-1)  # [B*T]
+            m = mask.reshape(-1).to(device)  # [B*T]
             xa = acc["attn"].reshape(-1, acc["attn"].shape[-1])[m]  # [N, d_attn]
             xm = acc["mlp"].reshape(-1, acc["mlp"].shape[-1])[m]  # [N, d_ff]
-            X = torch.cat([xa, xm], dim=-1).double()  # [N, D]
-            delta = edit.delta(h).to(device).double()  # [B, T, d]
-            energy += (delta.pow(2).sum(-1) * mask).sum(-1).tolist()  # B values
+            X = torch.cat([xa, xm], dim=-1).to(device, dtype)  # [N, D]
+            delta = edit.delta(h).to(device, dtype)  # [B, T, d]
+            energy += (delta.pow(2).sum(-1) * mask.to(device)).sum(-1).tolist()  # B values
             Y = delta.reshape(-1, delta.shape[-1])[m]  # [N, d]
             if G is None:
-                G = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=device)
-                C = torch.zeros(X.shape[1], Y.shape[1], dtype=torch.float64, device=device)
-            G += X.T @ X
-            C += X.T @ Y
+                G = torch.zeros(X.shape[1], X.shape[1], dtype=dtype, device=device)
+                C = torch.zeros(X.shape[1], Y.shape[1], dtype=dtype, device=device)
+            G.addmm_(X.T, X)
+            C.addmm_(X.T, Y)
             yy += float((Y * Y).sum())
             n += X.shape[0]
             task.advance(X.shape[0])
@@ -185,26 +189,11 @@ def record_stats(loaded, edit: FeatureEdit, sequences, cfg: FitConfig, progress:
 
 
 def closed_form(G: torch.Tensor, C: torch.Tensor, yy: float, rank: int, ridge: float):
-    """Ridge least squares + reduced-rank truncation → (W_attn_part, W_mlp_part are rows of) W_r.
-
-    Returns ``(A_full [r, D], B [d, r], r2)``: the fitted map is ``x ↦ B @ A_full @ x`` and
-    ``r2`` the share of ``‖Δ‖²`` it explains on the recorded inputs.
-    """
-    diag = G.diagonal().clamp_min(0)
-    scale = torch.where(diag > 0, diag.rsqrt(), torch.zeros_like(diag))  # [D]
-    Gs = G * scale[:, None] * scale[None, :]  # [D, D], unit diagonal
-    Cs = C * scale[:, None]  # [D, d]
-    eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
-    Ws = torch.linalg.solve(Gs + ridge * eye, Cs)  # [D, d]
-    W = Ws * scale[:, None]  # [D, d]: back to raw inputs
-    M = W.T @ G @ W  # [d, d]: covariance of the fitted values
-    evals, evecs = torch.linalg.eigh(M)  # ascending
-    V = evecs[:, -rank:].flip(-1)  # [d, r]
-    Wr = W @ V  # [D, r]
-    fitted = Wr @ V.T  # [D, d]
-    resid = yy - 2 * float((fitted * C).sum()) + float((fitted * (G @ fitted)).sum())
-    r2 = 1.0 - resid / yy if yy > 0 else 0.0
-    return Wr.T.float(), V.float(), r2
+    """Ridge least squares + reduced-rank truncation (:func:`tuiwb.patch.solve.solve_reduced_rank` on a
+    copy of ``G``, which that overwrites) → ``(A_full [r, D], B [d, r], r2)``: the fitted map is
+    ``x ↦ B @ A_full @ x`` and ``r2`` the share of ``‖Δ‖²`` it explains on the recorded inputs."""
+    sol = solve_reduced_rank(G.float().clone(), C, yy, rank, ridge)
+    return sol.A_full, sol.B, sol.r2
 
 
 def fit_lora(loaded, edit: FeatureEdit, sequences: Sequence[list[int]], cfg: FitConfig | None = None,
@@ -214,26 +203,63 @@ def fit_lora(loaded, edit: FeatureEdit, sequences: Sequence[list[int]], cfg: Fit
     t0 = time.perf_counter()
     layer = sae_layer(edit.sae)
     names = loaded.writer_names(layer)
+    device = loaded.layer_device(layer)
+    peak = _CudaPeak(device)
     G, C, yy, n, d_attn, energy = record_stats(loaded, edit, sequences, cfg, progress)
     if yy <= 0:
         raise TuiwbError(f"features {list(edit.features)} never fire at layer {layer} on the fitting text: "
                          "nothing to imitate; give text where they fire with `data`")
-    A_full, B, r2 = closed_form(G, C, yy, cfg.rank, cfg.ridge)
+    t_solve = time.perf_counter()
+    sol = solve_reduced_rank(G, C, yy, cfg.rank, cfg.ridge)  # overwrites G
+    del G, C
+    A_full, B = sol.A_full, sol.B
+    solve_seconds = time.perf_counter() - t_solve
     factors = {
         names["attn_out"]: (A_full[:, :d_attn].cpu(), B.cpu()),
         names["mlp_out"]: (A_full[:, d_attn:].cpu(), B.clone().cpu()),
     }
-    err_refined, refined, steps = None, False, 0
-    ref_data = _refine_data(loaded, edit, _refine_sequences(sequences, energy, cfg.refine_tokens), cfg)
-    err_closed = _layer_error(loaded, layer, factors, ref_data)
+    t_refine = time.perf_counter()
+    # Block L's inputs, recorded once: every error measurement and Adam step below runs block L alone.
+    block = loaded.blocks[layer]
+    prefix = f"{loaded.arch.blocks}.{layer}."
+    rel = {full: full[len(prefix):] for full in factors}
+    ref_data = record_block_inputs(loaded, edit, layer, _refine_sequences(sequences, energy, cfg.refine_tokens),
+                                   cfg.batch_size, cfg.refine_tokens)
+    err_closed = block_error(block, rel, factors, ref_data)
+    err_refined, refined, steps, refine_seconds = None, False, 0, 0.0
     if cfg.refine_steps > 0 and err_closed >= cfg.refine_skip_below:
-        new, steps = _refine(loaded, layer, factors, ref_data, cfg, progress)
-        err_refined = _layer_error(loaded, layer, new, ref_data)
+        trainable = differentiable_block(block, ref_data[0] if ref_data else None)
+        new, steps = refine_block(trainable, rel, factors, ref_data, cfg, progress, f"refining layer {layer}")
+        del trainable
+        err_refined = block_error(block, rel, new, ref_data)  # on the real (quantized) block
         if err_refined < err_closed:  # measured the same way: refinement can never make it worse
             factors, refined = new, True
-    return FitReport(factors=LoraFactors(modules=factors, rank=cfg.rank), n_tokens=n, r2_closed=r2,
+        refine_seconds = time.perf_counter() - t_refine
+    measured = peak.extra_bytes()
+    return FitReport(factors=LoraFactors(modules=factors, rank=cfg.rank), n_tokens=n, r2_closed=sol.r2,
                      rel_err_closed=err_closed, rel_err_refined=err_refined, refined=refined,
-                     refine_steps=steps, seconds=time.perf_counter() - t0)
+                     refine_steps=steps, seconds=time.perf_counter() - t0, solve_seconds=solve_seconds,
+                     refine_seconds=refine_seconds,
+                     peak_extra_bytes=measured if measured is not None else sol.peak_extra_bytes,
+                     peak_measured=measured is not None)
+
+
+class _CudaPeak:
+    """The CUDA allocator's peak over a stretch of work, above what was allocated at its start."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda" and torch.cuda.is_available()
+        if self.cuda:
+            self.device = torch.device(device)
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def extra_bytes(self) -> int | None:
+        if not self.cuda:
+            return None
+        torch.cuda.synchronize(self.device)
+        return max(0, int(torch.cuda.max_memory_allocated(self.device)) - int(self.base))
 
 
 def _refine_sequences(sequences, energy: list[float], budget: int) -> list[list[int]]:
@@ -254,77 +280,6 @@ def _refine_sequences(sequences, energy: list[float], budget: int) -> list[list[
             chosen.append(i)
             total += len(sequences[i])
     return [sequences[i] for i in chosen]
-
-
-def _refine_data(loaded, edit, sequences, cfg):
-    """Batches (ids, mask, target h + Δ, ‖Δ‖²) for the refinement, targets from the exact edit."""
-    out, total = [], 0
-    layer = sae_layer(edit.sae)
-    with torch.no_grad():
-        for ids, mask, _ in right_padded(sequences, cfg.batch_size, loaded.pad_id, loaded.device):
-            h = loaded.run_to(ids, layer)  # [B, T, d]
-            delta = edit.delta(h).to(h.device, torch.float32)  # [B, T, d]
-            target = h.float() + delta  # [B, T, d]
-            out.append((ids, mask, target, float((delta.pow(2).sum(-1) * mask).sum())))
-            total += int(mask.sum())
-            if total >= cfg.refine_tokens:
-                break
-    return out
-
-
-def _layer_error(loaded, layer, factors, data) -> float:
-    """‖h_lora − h_hook‖² / ‖Δ‖² summed over the refinement tokens (real forward, interaction included)."""
-    num = den = 0.0
-    with torch.no_grad(), factor_hooks(loaded, factors):
-        for ids, mask, target, dd in data:
-            h = loaded.run_to(ids, layer).float()  # [B, T, d]
-            num += float(((h - target).pow(2).sum(-1) * mask).sum())
-            den += dd
-    return num / den if den > 0 else math.inf
-
-
-_WINDOW = 50
-
-
-def _refine(loaded, layer, factors, data, cfg: FitConfig, progress: bool):
-    """Adam on the LoRA factors against the exact edit's layer output → (new factors, steps run)."""
-    device = loaded.device
-    params: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
-    groups = []
-    for name, (A, B) in factors.items():
-        pa = nn.Parameter(A.clone().to(device))
-        pb = nn.Parameter(B.clone().to(device))
-        params[name] = (pa, pb)
-        for p in (pa, pb):
-            rms = float(p.detach().pow(2).mean().sqrt()) or 1e-3
-            groups.append({"params": [p], "lr": cfg.refine_lr * rms})
-    opt = torch.optim.Adam(groups)
-    norm = max(sum(dd for *_, dd in data) / len(data), 1e-12)
-    losses, steps = [], 0
-    with as_progress(progress).task(f"refining layer {layer}", cfg.refine_steps, "step") as task, \
-            factor_hooks(loaded, params):
-        for step in range(cfg.refine_steps):
-            if step >= 2 * _WINDOW and step % _WINDOW == 0:
-                last, prev = losses[-_WINDOW:], losses[-2 * _WINDOW:-_WINDOW]
-                if sum(last) > (1 - cfg.refine_min_gain) * sum(prev):
-                    break  # plateau: more steps would cost time for nothing
-            ids, mask, target, dd = data[step % len(data)]
-            with torch.enable_grad():
-                h = loaded.run_to(ids, layer).float()  # [B, T, d]
-                # One normaliser for all batches: an epoch's mean loss is then exactly the global
-                # ‖h_lora − h_hook‖²/‖Δ‖² that decides whether the refinement is kept.
-                loss = ((h - target).pow(2).sum(-1) * mask).sum() / norm
-                flat = [p for pair in params.values() for p in pair]
-                grads = torch.autograd.grad(loss, flat)
-            for p, g in zip(flat, grads):
-                p.grad = g
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-            steps += 1
-            task.advance(1)
-    new = {name: (pa.detach().float().cpu(), pb.detach().float().cpu()) for name, (pa, pb) in params.items()}
-    return new, steps
 
 
 def mean_kl(loaded, sequences: Sequence[list[int]], ref_ctx, test_ctx, batch_size: int = 16) -> float:

@@ -71,8 +71,8 @@ class TrainConfig:
     """Devices (processes) to train on."""
     strategy: Strategy = "auto"
     """Lightning strategy; ddp: data-parallel over the devices (gloo on CPU, NCCL on GPU)."""
-    accelerator: Accelerator = "cpu"
-    """Where to train: cpu, gpu or auto."""
+    accelerator: Accelerator = "auto"
+    """Where to train: auto (a GPU when there is one), cpu or gpu."""
     seed: int = field(default=0, metadata=flag(metavar="S"))
     """Seeds weights, data order and the init samples."""
     threads: int | None = field(default=None, metadata=flag(metavar="T"))

@@ -75,20 +75,21 @@ class Session:
     @classmethod
     def open(cls, model, saes_dir=None, acts=None, lora_dirs: Sequence = (), quant: str | None = None,
              device: str = DEFAULT_DEVICE, dtype: str | None = None, trust_remote_code: bool = False,
-             data: str | Path | None = None, allow_pickle: bool = False) -> "Session":
+             data: str | Path | None = None, allow_pickle: bool = False,
+             device_map: str | dict | None = None) -> "Session":
         """Load ``model`` (path or hub id), the SAEs under ``saes_dir``, an activation store and
         existing ``lora/NAME`` patches (enabled). Mismatched SAEs or patches are refused."""
         from tuiwb.model.loading import load_model
 
         loaded = load_model(str(model), quant=quant, device=device, dtype=dtype,
-                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+                            trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, device_map=device_map)
         saes = None
         if saes_dir is not None:
             from tuiwb.sae.io import load_saes
 
             if not Path(saes_dir).is_dir():
                 raise TuiwbError(f"SAE directory {saes_dir} does not exist: point `saes_dir` at a saes/ directory")
-            saes = load_saes(saes_dir, device=loaded.device)
+            saes = load_saes(saes_dir)  # on the CPU: _attach_sae moves each to its layer's device
         if isinstance(acts, (str, Path)):
             from tuiwb.trace.store import ActivationStore
 
@@ -101,7 +102,7 @@ class Session:
     def _attach_sae(self, layer: int, sae) -> None:
         self.loaded.check_layer(layer)
         check_sae_fits(sae, loaded=self.loaded, layer=layer, splice=True)
-        sae.to(self.loaded.device)
+        sae.to(self.loaded.layer_device(layer))  # on its block's device, also when a device map splits the model
         self.saes[layer] = sae
 
     def sae(self, layer: int):

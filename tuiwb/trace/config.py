@@ -39,7 +39,9 @@ class TraceConfig:
     quant: QuantName | None = None
     """Load weights in 8-bit or 4-bit (bitsandbytes)."""
     device: str = DEFAULT_DEVICE
-    """Torch device for the forward passes, e.g. cpu, cuda, cuda:1."""
+    """Torch device for the forward passes: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps."""
+    device_map: str | None = field(default=None, metadata=flag(metavar="MAP"))
+    """Split the model over several GPUs (accelerate): auto, balanced, or JSON {"model.layers.0": 0, ...}."""
     trust_remote_code: bool = False
     """Allow the checkpoint's own Python code to run (off by default)."""
     allow_pickle: bool = False

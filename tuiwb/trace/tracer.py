@@ -86,7 +86,8 @@ def trace(cfg: TraceConfig, progress: bool = True, loaded=None) -> dict:
             from tuiwb.model.loading import load_model
 
             loaded = load_model(cfg.model, quant=cfg.quant, device=cfg.device, dtype=cfg.model_dtype,
-                                trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+                                trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                                device_map=cfg.device_map)
         plan = _Plan.make(cfg, loaded, sources, out)
         job = _Job(cfg, loaded, sources, out, plan)
         return job.run(progress)
