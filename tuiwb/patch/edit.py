@@ -99,6 +99,27 @@ class FeatureEdit:
         return _edit_delta(acts, w, list(self.features), self.alpha - 1.0, self.gate, self.gate_min)
 
 
+@dataclass(frozen=True)
+class EditSet:
+    """Several edits of one SAE acting as one (a trigger search's mix of whole, partial and gated
+    edits): what a LoRA fit imitates. Same surface as ``FeatureEdit`` (``sae``, ``features``, ``delta``)."""
+
+    edits: tuple[FeatureEdit, ...]
+    """The edits; all of one SAE."""
+
+    @property
+    def sae(self):
+        return self.edits[0].sae
+
+    @property
+    def features(self) -> tuple[int, ...]:
+        return tuple(f for e in self.edits for f in e.features)
+
+    def delta(self, h: torch.Tensor) -> torch.Tensor:
+        """The summed deltas, gated on the same ``h``: ``[..., d_model]``."""
+        return layer_delta(self.edits, h)
+
+
 def gate_mask(acts: torch.Tensor, gate, gate_min=()) -> torch.Tensor:
     """``[..., pos, 1]``: 1 where a gate feature exceeded its ``gate_min`` (default 0) at this position
     or an earlier one (``acts [..., pos, d_sae]``)."""
