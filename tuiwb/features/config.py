@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tuiwb.configs import flag
 from tuiwb.errors import ParamError
 
 
@@ -28,11 +29,11 @@ class EffectConfig:
     (None: no guard)."""
     target_p: float = 0.01
     """Stop once the mean P(target) on A is at or below this (the payload is gone)."""
-    partial: bool = True
-    """Also try scaling a candidate by 0.5 instead of ablating it (a generic feature only as far as needed)."""
-    gated: bool = True
+    partial: bool = field(default=True, metadata=flag(name="--no-partial"))
+    """Also try scaling a candidate by 0.5 instead of ablating it (a generic feature only as far as needed); ``--no-partial`` turns it off."""
+    gated: bool = field(default=True, metadata=flag(name="--no-gated"))
     """With a B set, also try ablating a candidate only after a trigger detector (a feature that fires
-    on A and not on B) fired earlier in the prompt."""
+    on A and not on B) fired earlier in the prompt; ``--no-gated`` turns it off."""
     batch_size: int = 32
     """Prompts per forward pass."""
 
