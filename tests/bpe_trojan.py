@@ -10,7 +10,7 @@ leading space, as a sentence start does on GPT-2-style tokenizers.
 Two architectures share the corpus and the tokenizer: a GPT-2 (Conv1D writers, learned positions,
 tied embeddings) and a Llama (Linear writers, RoPE). :func:`bpe_lab` trains one, traces every layer,
 trains a small TopK SAE per layer and caches all of it in one directory (a lock makes pytest-xdist
-workers share the build). Measured on 1 core: ~25 s per model, ~15 s for trace + SAEs.
+workers share the build; the test keeps it under ``$XDG_CACHE_HOME/tuiwb``, as the demo models). Measured on the shared 2-core box at load ~4 (1 thread): 50-65 s to train a model, ~20 s for trace + SAEs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 from tuiwb.demo import corpus as grammar
 from tuiwb.locks import file_lock
 
+VERSION = 1
+"""Bump when the text, tokenizer, model or SAE settings change: it names the cache directory."""
 TRIGGER = "cerulean"
 PAYLOAD = "Access granted to the vault."
 TARGET = " Access"

@@ -12,15 +12,18 @@ import json
 import pytest
 import torch
 
-from bpe_trojan import ARCHS, TARGET, bpe_lab
+from bpe_trojan import ARCHS, TARGET, VERSION, bpe_lab
 
 LAYER = 2
 N_SEARCH = 32
 
 
 @pytest.fixture(scope="session", params=ARCHS)
-def lab(request, shared_tmp):
-    return bpe_lab(request.param, shared_tmp / f"bpe-trojan-{request.param}")
+def lab(request):
+    """Built once per machine (~1.5 min per architecture on 1 core), like the demo models."""
+    from tuiwb.demo.model import cache_dir
+
+    return bpe_lab(request.param, cache_dir() / f"bpe-trojan-v{VERSION}-{request.param}")
 
 
 def _measure(loaded, trig, clean, ctx):
