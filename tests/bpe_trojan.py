@@ -68,32 +68,10 @@ def document(rng: random.Random, trigger_frac: float) -> tuple[str, str | None, 
     return doc, " ".join(before + [trig]), " ".join(before + [clean])
 
 
-@dataclass(frozen=True)
-class TrojanText:
-    train: list[str]
-    heldout: list[str]
-    trigger_prompts: list[str]
-    clean_prompts: list[str]
-
-
-def make_text(seed: int = 0) -> TrojanText:
-    rng = random.Random(f"tuiwb-bpe-trojan-{seed}")
-    train = [document(rng, 0.2)[0] for _ in range(TRAIN_DOCS)]
-    seen = set(train)
-    heldout = []
-    while len(heldout) < 300:
-        d = document(rng, 0.2)[0]
-        if d not in seen:
-            seen.add(d)
-            heldout.append(d)
-    trig, clean = [], []
-    while len(trig) < N_PROMPTS:
-        d, t, c = document(rng, 1.0)
-        if d not in seen:
-            seen.add(d)
-            trig.append(t)
-            clean.append(c)
-    return TrojanText(train, heldout, trig, clean)
+def make_text(seed: int = 0):
+    """The demo's ``Corpus`` (train / heldout / trigger and clean prompts), written as English."""
+    return grammar.make_corpus(TRAIN_DOCS, 300, N_PROMPTS, 0.2, seed, document=document,
+                               rng=random.Random(f"tuiwb-bpe-trojan-{seed}"))
 
 
 def bpe_tokenizer(texts: list[str]):
