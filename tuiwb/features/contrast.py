@@ -11,11 +11,17 @@ Two rankings:
   forward pass is unchanged), summed over **all positions** — a trigger-detector fires at the trigger
   token, earlier than the final position where the payload is predicted, and the exact edit of
   :func:`tuiwb.patch.edit.gated_edit` acts at every position too. The estimate is then *confirmed*:
-  greedily, of the few best-attributed candidates the one whose real ablation (``gated_edit``, on top
-  of the set so far) lowers the target most is added and the attribution recomputed with the set
-  ablated (a spread-out signal has backups that only show once the first features are gone), until
-  the target stops falling, the set reaches ``max_features``; with a B set, a feature that would push
-  the mean KL on B past ``max_clean_kl`` is skipped.
+  greedily, the few best-attributed candidates (and the few best by attribution from positions
+  *before* the prediction: the cause, e.g. the trigger token) are each measured for real, on top of
+  the set so far — ablated, halved, and ablated only after a trigger detector fired (a gated edit,
+  see :func:`trigger_detectors`) — and the edit with the largest target drop per unit of clean KL it
+  adds on B is kept (a trigger-side candidate's score counts double); the attribution is recomputed
+  with the set applied (a spread-out signal has backups that only show once the first features are
+  gone). It stops when P(target) reaches ``target_p``, when no edit fits the ``max_clean_kl`` budget
+  or lowers the target by ``min_drop``, or at ``max_features``. Every set measured goes into the
+  Pareto front of P(target) against clean KL. docs/patches.md ("The trigger hunt on subword models")
+  has the figures: the greedy by target drop alone took generic sentence-end features and cost 4×
+  the budget in clean KL on a BPE GPT-2.
 
   "Lowers the target" is measured in mean log-odds of the target, clamped below at ``p_floor``: on
   the demo trojan P(payload) is 0.99 and no single feature moves it (0.99 → 0.98, the signal is
