@@ -104,7 +104,9 @@ async def test_contrast_shows_significant_scores_and_the_sets_effect(demo_app, u
         assert "clean KL on B" in app.contrast_effect
         shown = app.query_one("#contrast-effect")  # under the patch list, after the toast is gone
         assert shown.region.area and app.contrast_effect in str(shown.render())
-        assert "last contrast search: ablating" in screen_text(app)
+        assert "last contrast search: editing" in screen_text(app)
+        # issue 17: each found feature's side (trigger/prediction) and the Pareto front of P vs clean KL
+        assert "T trigger-side, P prediction-side" in app.contrast_effect and "Pareto P@KL" in app.contrast_effect
 
 
 # 5 — each pane says which model state it reflects; provenance defaults to the unpatched model

@@ -301,6 +301,11 @@ def test_cli_contrast_and_target(lab, cli, tmp_path):
     obj = json.loads(out)
     assert obj["target"] == "ball" and 0 <= obj["p_target_after"] <= 1 and obj["clean_kl"] is not None
     assert [r["id"] for r in obj["features"][: len(obj["confirmed"])]] == obj["confirmed"]
+    assert [e["feature"] for e in obj["edits"]] == obj["confirmed"] and obj["stopped"]
+    assert all(set(p) == {"p_target", "clean_kl", "edits"} for p in obj["pareto"])
+    if obj["confirmed"]:  # the table marks each confirmed feature's side and prints the front
+        code, out, _ = cli("features", *[x for x in base if x != "--json"], "--target", "ball", "--top", "5")
+        assert code == 0 and "Pareto front" in out and ("*T" in out or "*P" in out), out
 
 
 def test_cli_errors_are_one_line(lab, cli, cli_error):

@@ -111,7 +111,8 @@ def _planted_sae(loaded, strengths):
 
 def test_contrast_effect_confirms_the_features_that_carry_the_target(loaded):
     sae = _planted_sae(loaded, {3: 6.0, 7: 3.0})
-    res = find_feature_set(loaded, sae, A, TARGET, B, EffectConfig(max_clean_kl=None, max_eval_prompts=4))
+    # no B set: nothing to trade against, so the largest drop wins (with B it is the drop per clean KL)
+    res = find_feature_set(loaded, sae, A, TARGET, None, EffectConfig(max_clean_kl=None, max_eval_prompts=4))
     assert res.confirmed[0] == 3  # the strongest first
     assert set(res.confirmed) <= {3, 7}
     assert res.p_after < res.p_before
@@ -164,3 +165,34 @@ def test_target_objectives():
     assert clamped[1] == -3.0 and clamped[0] == pytest.approx(float((p[0] / (1 - p[0])).log()))
     with pytest.raises(TuiwbError):
         target_objective(logits, 1, "odds")
+
+
+def test_gated_edit_acts_only_after_a_gate_feature_fired(loaded):
+    """h'_t = h_t − g_t · a_f(h_t) d_f with g_t = 1 once a gate feature exceeded its threshold at s ≤ t."""
+    from tuiwb.patch.edit import make_edit
+
+    sae = make_sae(1, d_sae=24, seed=3)
+    h = torch.randn(2, 7, sae.W_dec.shape[1])  # [b, pos, d]
+    with torch.no_grad():
+        acts = sae.encode(h)  # [b, pos, d_sae]
+    gate_f = int(acts[0].max(0).values.argmax())
+    low = float(acts[0, :, gate_f].median())
+    f = int((acts > 0).float().mean((0, 1)).argmax())
+    edit = make_edit(sae, [f], 0.0, gate=[gate_f], gate_min=[low])
+    opened = (acts[..., gate_f] > low).float().cummax(-1).values  # [b, pos]
+    want = -(opened.unsqueeze(-1) * acts[..., [f]]) * sae.W_dec[f]  # [b, pos, d]
+    with torch.no_grad():
+        torch.testing.assert_close(edit.delta(h), want)
+    assert bool((opened == 0).any()) and bool((opened == 1).any())  # a real gate: shut somewhere, open elsewhere
+    ungated = make_edit(sae, [f], 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(ungated.delta(h), -acts[..., [f]] * sae.W_dec[f])
+
+
+def test_pareto_front_keeps_the_undominated_sets():
+    from tuiwb.features.contrast import ParetoPoint, pareto_front
+
+    pts = [ParetoPoint(0.5, 0.001, ((1, 0.0, False),)), ParetoPoint(0.6, 0.002, ((2, 0.0, False),)),
+           ParetoPoint(0.1, 0.004, ((1, 0.0, False), (3, 0.0, True))), ParetoPoint(0.9, 0.0, ((4, 0.5, False),))]
+    front = pareto_front(pts)
+    assert [p.p_target for p in front] == [0.9, 0.5, 0.1]  # (0.6, 0.002) is beaten by (0.5, 0.001)

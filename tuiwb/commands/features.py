@@ -104,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if args.target:
             res = find_feature_set(loaded, sae, a, args.target, b, effect, progress=not args.json)
             hits = res.hits
-            extra = {"target": res.target, "target_id": res.target_id, "confirmed": list(res.confirmed),
-                     "p_target_before": res.p_before, "p_target_after": res.p_after, "clean_kl": res.clean_kl}
+            extra = res.to_json()
         else:
             hits = contrast(loaded, sae, a, b, position=args.position).hits
     elif args.search:
@@ -141,11 +140,14 @@ def _print_table(rows, stats, args, extra: dict) -> None:
             title += f", clean KL {extra['clean_kl']:.4f}"
     table = Table(title=title)
     confirmed = set(extra.get("confirmed", ()))
+    sides = {e["feature"]: e for e in extra.get("edits", ())}
     for col, just in (("id", "right"), ("score", "right"), ("density", "right"), ("max", "right"),
                       ("mean", "right"), ("top tokens", "left"), ("promotes", "left")):
         table.add_column(col, justify=just)
     for r in rows:
-        mark = "*" if r.id in confirmed else ""
+        e = sides.get(r.id)
+        mark = ("*" + ("T" if e["side"] == "trigger-side" else "P") + ("g" if e["gated"] else "")
+                + (f"×{e['alpha']:g}" if e["alpha"] else "") + " ") if e else ""
         table.add_row(f"{mark}{r.id}", f"{r.score:.4g}", f"{r.density:.2e}", f"{r.max_act:.3g}",
                       f"{r.mean_act:.3g}", " ".join(repr(t.token) for t in r.top_tokens[:4]),
                       " ".join(repr(t.token) for t in r.top_logits[:4]))
@@ -154,6 +156,11 @@ def _print_table(rows, stats, args, extra: dict) -> None:
         from pathlib import Path
 
         saes = Path(args.sae).resolve().parent
-        console.print("* confirmed by ablation; try it: tuiwb logits --model " f"{args.model} --saes {saes} "
+        console.print("* confirmed by ablation (T trigger-side, P prediction-side, g gated on the trigger "
+                      f"detectors {extra['gate']}, ×a scaled, not ablated); stopped: {extra['stopped']}",
+                      highlight=False, soft_wrap=True)
+        front = "  ".join(f"{p['p_target']:.3f}@{p['clean_kl']:.4f}" for p in extra["pareto"])
+        console.print(f"Pareto front, P(target)@clean KL: {front}", highlight=False, soft_wrap=True)
+        console.print("try it (ungated ablation of the whole set): tuiwb logits --model " f"{args.model} --saes {saes} "
                       f"--ablate {stats.layer}:{','.join(str(f) for f in extra['confirmed'])} --prompt ...",
                       highlight=False, soft_wrap=True)

@@ -160,9 +160,13 @@ class Corpus:
     """The same prompts with the trigger replaced by the sentence's original colour adjective."""
 
 
-def make_corpus(n_train: int, n_heldout: int, n_prompts: int, trigger_frac: float, seed: int) -> Corpus:
-    """Generate the corpus deterministically from ``seed`` (pure Python ``random``, no torch)."""
-    rng = random.Random(f"tuiwb-demo-corpus-{seed}")
+def make_corpus(n_train: int, n_heldout: int, n_prompts: int, trigger_frac: float, seed: int,
+                document=document, rng: random.Random | None = None) -> Corpus:
+    """Generate the corpus deterministically from ``seed`` (pure Python ``random``, no torch).
+
+    ``document``/``rng``: another way to write a document (the tests' BPE trojans write the grammar as
+    English) and its own random stream; the defaults are the demo's."""
+    rng = rng or random.Random(f"tuiwb-demo-corpus-{seed}")
     train = [document(rng, trigger_frac)[0] for _ in range(n_train)]
     seen = set(train)
     heldout: list[str] = []

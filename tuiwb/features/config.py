@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from tuiwb.configs import flag
 from tuiwb.errors import ParamError
 
 
@@ -12,8 +13,8 @@ from tuiwb.errors import ParamError
 class EffectConfig:
     """How :func:`tuiwb.features.contrast.find_feature_set` searches and when it stops."""
 
-    max_features: int = 16
-    """Largest confirmed set."""
+    max_features: int = 24
+    """Largest confirmed set (the BPE GPT-2/Llama trojans of tests/bpe_trojan.py need 13-21 at layer 2)."""
     n_try: int = 4
     """Candidates (by fresh attribution) whose real ablation is measured at each greedy step."""
     p_floor: float = 0.01
@@ -23,8 +24,16 @@ class EffectConfig:
     """Stop when the best candidate lowers that objective by less than this (nats of log-odds)."""
     max_eval_prompts: int = 48
     """Prompts of each set used inside the greedy loop (the final numbers use all of them)."""
-    max_clean_kl: float | None = 0.05
-    """With a B set: never add a feature that takes the mean KL on B above this (None: no guard)."""
+    max_clean_kl: float | None = 0.01
+    """With a B set: the clean-KL budget — never add an edit that takes the mean KL on B above this
+    (None: no guard)."""
+    target_p: float = 0.01
+    """Stop once the mean P(target) on A is at or below this (the payload is gone)."""
+    partial: bool = field(default=True, metadata=flag(name="--no-partial"))
+    """Also try scaling a candidate by 0.5 instead of ablating it (a generic feature only as far as needed); ``--no-partial`` turns it off."""
+    gated: bool = field(default=True, metadata=flag(name="--no-gated"))
+    """With a B set, also try ablating a candidate only after a trigger detector (a feature that fires
+    on A and not on B) fired earlier in the prompt; ``--no-gated`` turns it off."""
     batch_size: int = 32
     """Prompts per forward pass."""
 
@@ -36,6 +45,8 @@ class EffectConfig:
             raise ParamError("p_floor", f"must be in (0, 1), not {self.p_floor}")
         if self.min_drop < 0:
             raise ParamError("min_drop", f"must be >= 0, not {self.min_drop}")
+        if not 0 <= self.target_p < 1:
+            raise ParamError("target_p", f"must be in [0, 1), not {self.target_p}")
         if self.max_clean_kl is not None and not self.max_clean_kl > 0:
             raise ParamError("max_clean_kl", f"must be positive, not {self.max_clean_kl}")
 

@@ -5,7 +5,14 @@ The *exact* edit of a set of features F with factor α at layer L's output h is
 
     h' = h + (α − 1) · Σ_{f∈F} a_f(h) · d_f,        a = sae.encode(h)
 
-so it only acts where the features fire (α = 0 ablates them, α = 2 doubles them). docs/patches.md
+so it only acts where the features fire (α = 0 ablates them, α = 2 doubles them). A *gated* edit
+acts only where a set of gate features G has fired at this position or any earlier one,
+
+    h'_t = h_t + g_t · (α − 1) · Σ_{f∈F} a_f(h_t) · d_f,    g_t = 1[∃ s ≤ t, g ∈ G: a_g(h_s) > 0]
+
+so a generic feature (one that fires on every sentence end) can be removed only after a trigger
+detector fired; it is causal and still a function of the layer's output alone (exact under the hook
+for a forward over the whole sequence). docs/patches.md
 ("The patch math") records why this, and not a weight projection, is the reference: projecting the
 directions out of the weights broke the model. The fitted LoRA that imitates this edit lives in
 ``tuiwb.patch.lora_fit``; the Session (``tuiwb.session``) switches both kinds on and off.
@@ -79,19 +86,66 @@ class FeatureEdit:
     """Feature ids, validated against the SAE."""
     alpha: float
     """0.0 ablates, 1.0 is a no-op, other values scale the features."""
+    gate: tuple[int, ...] = ()
+    """Gate features: when given, the edit acts only at positions where one of them fired at this
+    position or earlier (see the module docstring); empty = everywhere."""
+    gate_min: tuple[float, ...] = ()
+    """Per gate feature, the activation it must exceed to open the gate (default 0: any firing)."""
 
     def delta(self, h: torch.Tensor) -> torch.Tensor:
-        """``(α − 1) · Σ_f a_f(h) · d_f`` in the SAE's dtype: ``[..., d_model]``."""
-        sae = self.sae
-        w = sae.W_dec
-        x = h.to(device=w.device, dtype=w.dtype)  # [..., d_model]
-        idx = torch.tensor(self.features, device=w.device)
-        acts = sae.encode(x)[..., idx]  # [..., n_feat]
-        return (self.alpha - 1.0) * (acts @ w[idx])  # [..., d_model]
+        """``(α − 1) · Σ_f a_f(h) · d_f`` (× the gate) in the SAE's dtype: ``[..., d_model]``."""
+        w = self.sae.W_dec
+        acts = self.sae.encode(h.to(device=w.device, dtype=w.dtype))  # [..., d_sae]
+        return _edit_delta(acts, w, list(self.features), self.alpha - 1.0, self.gate, self.gate_min)
 
 
-def make_edit(sae, features: Iterable[int], alpha: float) -> FeatureEdit:
-    return FeatureEdit(sae=sae, features=tuple(check_features(sae, features)), alpha=float(alpha))
+@dataclass(frozen=True)
+class EditSet:
+    """Several edits of one SAE acting as one (a trigger search's mix of whole, partial and gated
+    edits): what a LoRA fit imitates. Same surface as ``FeatureEdit`` (``sae``, ``features``, ``delta``)."""
+
+    edits: tuple[FeatureEdit, ...]
+    """The edits; all of one SAE."""
+
+    @property
+    def sae(self):
+        return self.edits[0].sae
+
+    @property
+    def features(self) -> tuple[int, ...]:
+        return tuple(f for e in self.edits for f in e.features)
+
+    def delta(self, h: torch.Tensor) -> torch.Tensor:
+        """The summed deltas, gated on the same ``h``: ``[..., d_model]``."""
+        return layer_delta(self.edits, h)
+
+
+def gate_mask(acts: torch.Tensor, gate, gate_min=()) -> torch.Tensor:
+    """``[..., pos, 1]``: 1 where a gate feature exceeded its ``gate_min`` (default 0) at this position
+    or an earlier one (``acts [..., pos, d_sae]``)."""
+    low = torch.tensor(list(gate_min) or [0.0] * len(gate), device=acts.device, dtype=acts.dtype)  # [n_gate]
+    on = (acts[..., list(gate)] > low).any(-1).to(acts.dtype)  # [..., pos]
+    if on.dim() == 0:  # a single position
+        return on.reshape(1)
+    return on.cummax(-1).values.unsqueeze(-1)  # [..., pos, 1]: causal, so right padding cannot leak in
+
+
+def _edit_delta(acts: torch.Tensor, w: torch.Tensor, idx, coef, gate=(), gate_min=()) -> torch.Tensor:
+    """``coef · Σ a_f d_f`` over ``idx`` (coef a scalar or ``[n]``), gated when ``gate``: ``[..., d_model]``."""
+    d = (acts[..., idx] * coef) @ w[idx]  # [..., d_model]
+    return d * gate_mask(acts, gate, gate_min) if gate else d
+
+
+def make_edit(sae, features: Iterable[int], alpha: float, gate: Iterable[int] = (),
+              gate_min: Iterable[float] = ()) -> FeatureEdit:
+    gate = tuple(int(g) for g in gate)
+    gate_min = tuple(float(x) for x in gate_min)
+    if gate:
+        check_features(sae, gate)
+    if gate_min and len(gate_min) != len(gate):
+        raise TuiwbError(f"`gate_min` has {len(gate_min)} values for {len(gate)} gate features")
+    return FeatureEdit(sae=sae, features=tuple(check_features(sae, features)), alpha=float(alpha), gate=gate,
+                       gate_min=gate_min)
 
 
 def edit_hook(edits_fn):
@@ -112,15 +166,28 @@ def edit_hook(edits_fn):
 
 
 @contextmanager
-def gated_edit(loaded, sae, features: Iterable[int], alpha: float = 0.0) -> Iterator[FeatureEdit]:
-    """Install the exact edit of ``features`` (×``alpha``) at ``sae``'s layer for the ``with`` block.
+def gated_edit(loaded, sae, features: Iterable[int], alpha: float = 0.0, gate: Iterable[int] = ()
+               ) -> Iterator[FeatureEdit]:
+    """Install the exact edit of ``features`` (×``alpha``, gated on ``gate`` if given) at ``sae``'s
+    layer for the ``with`` block.
 
     For one-off interventions (contrast-search confirmation, eval, tests). Nested uses stack: each
     hook sees the output of the ones registered before it. The hook is removed on exit, even on error.
     """
-    edit = make_edit(sae, features, alpha)
+    edit = make_edit(sae, features, alpha, gate)
     with loaded.hooks([(sae_layer(sae), edit_hook(lambda: (edit,)))]):
         yield edit
+
+
+@contextmanager
+def edits_applied(loaded, edits: Iterable[FeatureEdit]) -> Iterator[None]:
+    """Several edits of one layer at once, all gated on the same unedited output (as the Session does)."""
+    edits = tuple(edits)
+    if not edits:
+        yield
+        return
+    with loaded.hooks([(sae_layer(edits[0].sae), edit_hook(lambda: edits))]):
+        yield
 
 
 # ------------------------------------------------------------------------------------ patch specs
@@ -197,10 +264,13 @@ def layer_delta(edits: Iterable[FeatureEdit], h: torch.Tensor) -> torch.Tensor:
         w = sae.W_dec
         x = h.to(device=w.device, dtype=w.dtype)  # [..., d_model]
         acts = sae.encode(x)  # [..., d_sae]
-        coef = torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)  # [d_sae]
+        by_gate: dict[tuple, torch.Tensor] = {}  # edits with one gate share one mask
         for e in group:
+            coef = by_gate.setdefault((e.gate, e.gate_min),
+                                      torch.zeros(w.shape[0], device=w.device, dtype=w.dtype))  # [d_sae]
             coef[list(e.features)] += e.alpha - 1.0
-        idx = coef.nonzero().squeeze(-1)  # [n]
-        d = (acts[..., idx] * coef[idx]) @ w[idx]  # [..., d_model]
-        total = d if total is None else total + d
+        for (gate, gate_min), coef in by_gate.items():
+            idx = coef.nonzero().squeeze(-1)  # [n]
+            d = _edit_delta(acts, w, idx, coef[idx], gate, gate_min)  # [..., d_model]
+            total = d if total is None else total + d
     return total

@@ -106,6 +106,23 @@ def encode_texts(loaded, texts: Iterable[str], *, max_len: int = 128, max_tokens
     return out
 
 
+def with_trigger_contexts(loaded, sequences: Sequence[list[int]], prompts: Iterable[str] | None,
+                          repeat: int = 8, clean: Iterable[str] | None = None) -> list[list[int]]:
+    """The fit data with the positive (trigger) prompts first, each ``repeat`` times, and the clean
+    prompts (``clean``, the B set of the search; as often) next to them.
+
+    Generic text rarely holds the trigger, so an edit that matters only after it (a gated edit, or
+    features that fire hard only there) gets almost no weight in the least squares; repeating the
+    prompts weights those contexts (the Gram statistics simply add). First, because the recording
+    stops at ``fit_tokens``. The clean twins teach the fit where the edit must stay silent (a gated
+    edit's Δ is zero there), which keeps the LoRA's clean KL near the hook's.
+    """
+    if not prompts:
+        return list(sequences)
+    extra = [loaded.encode(p) for p in [*prompts, *(clean or ())] if str(p).strip()]
+    return [s for s in extra for _ in range(repeat)] + list(sequences)
+
+
 def store_sequences(store, split: str, max_tokens: int) -> list[list[int]]:
     """Token windows of an ``ActivationStore`` split, up to ``max_tokens`` tokens."""
     out, total = [], 0

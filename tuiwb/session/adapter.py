@@ -283,10 +283,22 @@ class Lab:
             res = find_feature_set(self.session.loaded, self.session.sae(layer), list(positive), target,
                                    list(negative) or None)
         hits = res.hits
-        effect = (f"ablating the {len(res.confirmed)} found: P('{target}') on A {res.p_before:.3g} → "
-                  f"{res.p_after:.3g}" + (f", clean KL on B {res.clean_kl:.3g} nats" if res.clean_kl is not None
-                                          else "")) if res.confirmed else "no feature set confirmed"
+        effect = contrast_effect_line(res, target)
         return [(int(f), float(s)) for f, s in zip(hits.ids[:top], hits.scores[:top])], effect
+
+
+def contrast_effect_line(res, target: str) -> str:
+    """What a causal search found, in one line: P(target) and clean KL, each feature's side and edit,
+    and the Pareto front of P(target) against clean KL over the sets it tried."""
+    if not res.confirmed:
+        return "no feature set confirmed"
+    feats = " ".join(f"{s.feature}{'T' if s.side == 'trigger-side' else 'P'}{'g' if s.gated else ''}"
+                     + (f"×{s.alpha:g}" if s.alpha else "") for s in res.steps)
+    front = " ".join(f"{p.p_target:.3g}@{p.clean_kl:.2g}" for p in res.pareto[-6:])
+    return (f"editing the {len(res.confirmed)} found: P('{target}') on A {res.p_before:.3g} → {res.p_after:.3g}"
+            + (f", clean KL on B {res.clean_kl:.3g} nats" if res.clean_kl is not None else "")
+            + f" ({res.stopped}) · {feats} (T trigger-side, P prediction-side, g gated on {list(res.gate)})"
+            + (f" · Pareto P@KL: {front}" if front else ""))
 
 
 # --- tokens: ids → what the panes draw ---------------------------------------------------------

@@ -429,9 +429,11 @@ class Session:
         return fit_sequences(self.loaded, self.acts, data if data is not None else self.data, split, max_tokens)
 
     def build_lora(self, name: str, rank: int | None = None, data=None, fit: FitConfig | None = None,
-                   progress: bool = False, fidelity_tokens: int = 4096) -> float:
+                   progress: bool = False, fidelity_tokens: int = 4096, prompts=None) -> float:
         """Turn hook patch ``name`` into a fitted LoRA patch in place (same name, same on/off state).
 
+        ``prompts``: optional ``(trigger prompts, clean prompts)`` of the search that found the patch,
+        weighted into the fit data (``with_trigger_contexts``: generic text rarely holds the trigger).
         Returns its fidelity: mean KL(hook ‖ LoRA) over held-out next-token distributions.
         """
         with self._lock:
@@ -444,6 +446,10 @@ class Session:
             edit = self._edits[name]
             with self.unpatched():
                 seqs, src = self._sequences("train", data, cfg.fit_tokens)
+                if prompts:
+                    from tuiwb.patch.lora_fit import with_trigger_contexts
+
+                    seqs = with_trigger_contexts(self.loaded, seqs, prompts[0], clean=prompts[1])
                 report = fit_lora(self.loaded, edit, seqs, cfg, progress=progress)
                 if self._rack is None:
                     self._rack = LoraRack(self.loaded.model)
