@@ -26,6 +26,7 @@ COMMANDS = [
     "eval",
     "features",
     "logits",
+    "generate",
     "patch",
     "provenance",
     "ui",
