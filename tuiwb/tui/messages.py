@@ -12,7 +12,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from tuiwb.session.views import FeatureDetail, FeatureRows, LogitsView, PatchView
+from tuiwb.session.views import ContinuationView, FeatureDetail, FeatureRows, LogitsView, PatchView, SweepView
 
 
 @dataclass
@@ -93,3 +93,20 @@ class Exported(Message):
     """A patch was written as ``lora/NAME`` (manifest + PEFT adapter)."""
 
     path: Path
+
+
+@dataclass
+class ContinuationReady(Message):
+    """The continuations so far (one message per new token)."""
+
+    request: int
+    view: ContinuationView
+    t_key: float | None
+    """``time.monotonic()`` of the key press behind it (None: not a toggle)."""
+
+
+@dataclass
+class SweepReady(Message):
+    """A dose–response curve to chart."""
+
+    view: SweepView
