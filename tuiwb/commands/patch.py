@@ -81,10 +81,12 @@ def add_parser(sub, parents) -> None:
 
 
 def _add_prompt_sets(p, required: bool) -> None:
-    when = "" if required else " (with --negative: score the patch and write the scorecard into manifest.json)"
-    p.add_argument("--positive", required=required, metavar="A.txt",
+    when = " (required)" if required else \
+        " (with --negative: score the patch and write the scorecard into manifest.json)"
+    # checked by _prompt_sets (one-line errors), not by argparse
+    p.add_argument("--positive", metavar="A.txt",
                    help="prompts the patch should act on, one per line" + when)
-    p.add_argument("--negative", required=required, metavar="B.txt",
+    p.add_argument("--negative", metavar="B.txt",
                    help="prompts the patch should leave alone, one per line")
     p.add_argument("--target", metavar="TOKEN",
                    help="the token to remove (default: each positive prompt's unpatched top token)")
@@ -188,7 +190,10 @@ def run_eval(args: argparse.Namespace) -> int:
     specs = patch_specs(args)
     if not specs and not args.lora:
         raise TuiwbError("nothing to score: give patches with --lora lora/NAME or --saes DIR --ablate L:F,...")
-    positive, negative = _prompt_sets(args)
+    sets = _prompt_sets(args)
+    if sets is None:
+        raise TuiwbError("the scorecard needs both prompt sets: pass --positive A.txt and --negative B.txt")
+    positive, negative = sets
     session = open_patched_session(args, specs)
     card = session.evaluate_patch([p.name for p in session.patches], positive, negative, target=args.target,
                                   max_new_tokens=args.max_new_tokens)
