@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     from tuiwb.commands.demo import TRIGGER_PATCH, app_kwargs, prepare_session
     from tuiwb.demo.pipeline import DemoPipelineConfig, run_pipeline
     from tuiwb.tui import make_app
+    from tuiwb.tui.widgets.continuation import ContinuationPane
 
     result = run_pipeline(DemoPipelineConfig(variant=args.variant), progress=False, say=lambda s: None)
     session = prepare_session(result)
@@ -65,11 +66,14 @@ def main(argv=None) -> int:
                 await pilot.pause(0.2)
                 await app.workers.wait_for_complete()
             await pilot.pause(0.2)
+            pane = app.query_one(ContinuationPane)
             for _ in range(args.n):
                 k, g = len(app.latencies), len(app.gen_latencies)
                 await pilot.press("space")
                 while len(app.latencies) == k or len(app.gen_latencies) == g:
                     await asyncio.sleep(0.0005)
+                while not pane.view.done:  # a person reads the continuation before the next toggle
+                    await asyncio.sleep(0.001)
 
     asyncio.run(drive())
     lat = app.latencies

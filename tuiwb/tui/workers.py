@@ -240,10 +240,11 @@ class ModelWork:
         self.query_one(LogitBars).show(msg.view)
         self._set_patches(msg.patches)
         self.logits_painted += 1
-        self.request_generate(msg.t_key)
         self.status.model_ms = msg.view.model_ms
         if msg.t_key is not None:
             self.call_after_refresh(self._record_latency, msg.t_key)
+        # after the repaint (and its timing): the bars are on screen before a generation competes for the GIL
+        self.call_after_refresh(self.request_generate, msg.t_key)
 
     def _record_latency(self, t_key: float) -> None:
         ms = (time.monotonic() - t_key) * 1e3
