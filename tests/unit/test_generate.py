@@ -198,3 +198,21 @@ def test_patch_build_with_prompt_sets_writes_the_scorecard_into_the_manifest(cli
     assert card["names"] == ["no-trojan"] and card["target"] == r.target
     assert card["p_after"] < card["p_before"]
     assert set(card["fidelity"]) == {"no-trojan"} and card["fidelity"]["no-trojan"] >= 0
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gpt_neox", "qwen3", "gemma2", "mistral", "qwen2", "llama"])
+def test_cached_generation_is_exact_on_every_architecture(tmp_path, model_type):
+    """The cache keyword and hook plumbing hold beyond Llama: cached == uncached under a hook patch."""
+    from factories import make_sae
+    from tiny_models import make_tiny_checkpoint
+    from tuiwb.model.loading import load_model
+    from tuiwb.session.session import Session
+
+    lm = load_model(str(make_tiny_checkpoint(tmp_path / model_type, model_type, n_layers=3, d_model=32)))
+    s = Session(lm, {1: make_sae(1, 32)})
+    s.add_patch(name="p", layer=1, features=[1, 2, 3], mode="scale=3")
+    ids = lm.encode("the cat sees the red ball")
+    cfg = GenerateConfig(max_new_tokens=8, ignore_eos=True)
+    cached = list(s.generate("the cat sees the red ball", max_new_tokens=8, ignore_eos=True))
+    assert cached == list(stream_tokens(lm, ids, cfg, use_cache=False))
+    assert len(cached) == 8
