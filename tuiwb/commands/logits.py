@@ -131,7 +131,7 @@ def _print_sweep(sweep) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tuiwb.patch.sweep import sweep_chart
+    from tuiwb.patch.sweep import legend, sweep_chart
 
     table = Table(title=f"L{sweep.layer} f{sweep.feature} scaled by α, after {sweep.prompt!r}")
     table.add_column("α", justify="right")
@@ -144,9 +144,10 @@ def _print_sweep(sweep) -> None:
     console.print(table)
     if len(sweep.rows) > 1:
         width = min(100, shutil.get_terminal_size((80, 24)).columns)
+        color = sys.stdout.isatty()
         print(sweep_chart([r.alpha for r in sweep.rows], [r.p for r in sweep.rows], [r.kl for r in sweep.rows],
-                          width, 16, color=sys.stdout.isatty()))
-        print(f"left axis, first line: P({sweep.target!r}); right axis, second line: KL to the unpatched model")
+                          width, 16, color=color))
+        print(legend(sweep.target, color))
 
 
 def _check_tokens(loaded, tokens: list[str]) -> None:

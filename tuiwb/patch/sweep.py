@@ -87,12 +87,22 @@ def dose_response(loaded, sae, ids: list[int], feature: int, alphas: Sequence[fl
 
 
 _PLOT_LOCK = __import__("threading").Lock()  # plotext draws on one global figure
+P_COLOR, KL_COLOR = "cyan", "magenta"
+"""The colours of the two lines (callers name them in their captions)."""
+P_CHAR, KL_CHAR = "•", "x"
+"""Their characters without colour."""
+
+
+def legend(target: str, color: bool = True) -> str:
+    """The caption naming the two lines."""
+    p, kl = (P_COLOR, KL_COLOR) if color else (f"'{P_CHAR}'", f"'{KL_CHAR}'")
+    return f"{p}: P('{target}'), left axis · {kl}: KL to the unpatched model in nats, right axis"
 
 
 def sweep_chart(alphas: Sequence[float], p: Sequence[float], kl: Sequence[float], width: int, height: int,
                 color: bool = True) -> str:
-    """The curve as text (plotext 6): P(target) on the left axis (the first colour), KL on the right one
-    (the second), α along the bottom.
+    """The curve as text (plotext 6): P(target) on the left axis (``P_COLOR``), KL on the right one
+    (``KL_COLOR``), α along the bottom.
 
     Torch-free, for the CLI and the TUI's chart pane alike. With ``color`` the text carries ANSI
     colours (the canvas stays the terminal's own background); without, plain characters.
@@ -104,10 +114,10 @@ def sweep_chart(alphas: Sequence[float], p: Sequence[float], kl: Sequence[float]
         fig = plt.figure
         fig.clear.all()
         fig.plot_size(max(30, int(width)), max(8, int(height)))
-        fig.theme("dark")
-        fig.canvas("default")
-        for ys, side in ((p, "left"), (kl, "right")):
-            sig = fig.signal(xs, [float(v) for v in ys], marker="braille", yside=side)
+        fig.theme("colorless")  # the terminal's own colours; only the two lines are coloured
+        for ys, side, tint, char in ((p, "left", P_COLOR, P_CHAR), (kl, "right", KL_COLOR, KL_CHAR)):
+            mark = plt.marker("braille", pixel=plt.pixel(foreground=tint)) if color else char
+            sig = fig.signal(xs, [float(v) for v in ys], marker=mark, yside=side)
             sig.lines()
             fig.draw(sig)
         fig.legend(active=False)  # its box hides the curve at small sizes: callers caption the two lines

@@ -11,7 +11,7 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tuiwb.patch.sweep import sweep_chart
+from tuiwb.patch.sweep import legend, sweep_chart
 from tuiwb.session.views import SweepView, quote
 
 
@@ -64,8 +64,7 @@ class SweepScreen(ModalScreen[None]):
             box.border_title = f"Dose–response · L{v.layer} f{v.feature} scaled by α"
             box.border_subtitle = "d / Esc closes"
             yield SweepChart(v, id="sweep-chart")
-            yield Static(f"first line, left axis: P({quote(v.target)}) · second line, right axis: KL to the "
-                         f"unpatched model (nats) · on the prompt {v.prompt!r}", id="sweep-caption", markup=False)
+            yield Static(f"{legend(v.target)} · on the prompt {v.prompt!r}", id="sweep-caption", markup=False)
             yield Static(rows_text(v), id="sweep-rows", markup=False)
 
     def action_close(self) -> None:
