@@ -41,6 +41,8 @@ from tuiwb.tui.workers import ModelWork
 
 PAGES = {1: "features-pane", 2: "detail-pane", 3: "logits-pane", 4: "patches-pane", 5: "continuation-pane"}
 """Narrow terminals show one of these at a time (keys 1..5); wide ones show all."""
+SCORING = "scoring"
+"""The busy state of a scorecard run (``r``)."""
 PAGE_FOCUS = {1: FeatureRowsView, 2: TokenCloud, 3: LogitBars, 4: PatchList, 5: ContinuationPane}
 
 
@@ -259,6 +261,9 @@ class WorkbenchApp(ModelWork, App):
     def action_cancel_busy(self) -> None:
         if self.busy is None:
             return
+        if self.busy.startswith(SCORING):  # no progress steps to stop at: it ends in seconds
+            self.notify("the scorecard finishes in a few seconds; it cannot be cancelled", timeout=3)
+            return
         self.cancel_requested = True
         self.status.busy = f"cancelling {self.busy}…"
 
@@ -308,7 +313,7 @@ class WorkbenchApp(ModelWork, App):
                         severity="warning")
             return
         pos, neg = self.contrast_prompts
-        self.start_busy(f"scoring {name} on {len(pos)} + {len(neg)} prompts")
+        self.start_busy(f"{SCORING} {name} on {len(pos)} + {len(neg)} prompts")
         self._scorecard_worker(name, list(pos), list(neg), self.contrast_target or None)
 
     def action_sort(self) -> None:
