@@ -32,13 +32,13 @@ class ModelConfig:
 class GenerateConfig:
     """How a continuation is decoded (``tuiwb generate``, ``Session.generate``)."""
 
-    max_new_tokens: int = 24
+    max_new_tokens: int = field(default=24, metadata=flag(metavar="N"))
     """Tokens to generate after the prompt."""
     sample: bool = False
     """Sample from the distribution instead of taking the most likely token (greedy, the default)."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=flag(metavar="T"))
     """Softmax temperature when sampling (> 0)."""
-    seed: int | None = None
+    seed: int | None = field(default=None, metadata=flag(metavar="S"))
     """Random seed when sampling: baseline and patched runs draw the same random numbers."""
     ignore_eos: bool = False
     """Keep generating past the end-of-text token (always exactly max_new_tokens tokens)."""
