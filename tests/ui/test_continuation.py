@@ -94,3 +94,18 @@ async def test_scorecard_shows_up_in_the_patch_pane(demo_app):
         assert app.busy is None
         assert "trigger: A(16): P('i')" in screen_text(app)
         assert app.query_one(PatchList).patches[0].scorecard == card
+
+
+async def test_a_prompt_edit_reruns_the_continuation(demo_app):
+    from tuiwb.tui.widgets.prompt import PromptEditor
+
+    app = demo_app
+    async with app.run_test(size=WIDE) as pilot:
+        await settle(pilot)
+        pane = app.query_one(ContinuationPane)
+        await pilot.press("p")
+        app.query_one(PromptEditor).value = "the cat sees the"
+        await pilot.press("enter")
+        await until(pilot, lambda: pane.view.prompt == "the cat sees the" and pane.view.done)
+        assert PAYLOAD not in pane.texts()[0]  # no trigger in the prompt: no payload
+        assert pane.texts()[0] == pane.texts()[1]
