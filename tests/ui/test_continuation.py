@@ -49,19 +49,33 @@ async def test_continuation_pane_updates_on_toggle_after_the_logit_bars(demo_app
 
 
 async def test_a_stale_generation_is_cancelled_at_its_next_token(demo_app):
+    import threading
+
     app = demo_app
-    app.lab.gen_tokens, app.lab.gen_ignore_eos = 120, True  # long enough to be caught mid-way
+    app.lab.gen_tokens, app.lab.gen_ignore_eos = 120, True
+    # Hold the patched generation after its 3rd token (the worker thread waits inside the stream, between
+    # two tokens, holding no lock) until the toggle back has been pressed: caught mid-way on any machine.
+    gate, real = threading.Event(), app.lab.continuations
+
+    def held(prompt):
+        for view in real(prompt):
+            yield view
+            if view.n_on and len(view.patched) >= 3:
+                gate.wait(30)
+
+    app.lab.continuations = held
     async with app.run_test(size=WIDE) as pilot:
         await settle(pilot)
         pane = app.query_one(ContinuationPane)
         await pilot.press("space")
-        await until(pilot, lambda: pane.view.n_on == 1 and len(pane.view.patched) >= 1)
+        await until(pilot, lambda: pane.view.n_on == 1 and len(pane.view.patched) == 3)
         assert not pane.view.done
-        await pilot.press("space")
+        await pilot.press("space")  # the running generation is stale now
+        await until(pilot, lambda: app.logits_painted and app.query_one(LogitBars).view.n_on == 0)
+        gate.set()
         await until(pilot, lambda: pane.view.n_on == 0 and pane.view.done)
         await settle(pilot)
-        assert len(app.generations_cancelled) == 1
-        assert app.generations_cancelled[0] < 120  # stopped, not finished
+        assert app.generations_cancelled == [3]  # it stopped at its next token, not after 120
         assert pane.view.n_on == 0 and len(pane.view.baseline) == 120  # the newest request is what shows
 
 
