@@ -9,10 +9,13 @@ TORCH_SPEC ?= torch==2.13.0
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml web_export/package-lock.json
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	@# The companion page's d3 (web_export/package-lock.json); the server serves it from node_modules.
+	if command -v npm >/dev/null; then cd web_export && npm ci --no-audit --no-fund --silent; \
+	else echo "note: npm not found: the browser companion needs d3; install node/npm and run make install again"; fi
 	touch $@
 
 demo: install

@@ -53,6 +53,22 @@ def demo_small_saes(demo_small_dir, shared_tmp):
 
 
 @pytest.fixture(scope="session")
+def ui_demo(demo_small_saes):
+    """``DemoResult`` of the demo pipeline (small variant)."""
+    return demo_small_saes.result
+
+
+@pytest.fixture
+def demo_session(ui_demo):
+    """A fresh Session on the demo pipeline's outputs, with the (off) trigger patch."""
+    from tuiwb.commands.demo import prepare_session
+
+    session = prepare_session(ui_demo)
+    yield session
+    session.close()
+
+
+@pytest.fixture(scope="session")
 def ckpt(tmp_path_factory):
     """A random tiny llama checkpoint (3 layers × 32, ``factories.tiny_checkpoint``); read-only."""
     from factories import tiny_checkpoint

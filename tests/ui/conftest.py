@@ -1,28 +1,13 @@
 """Fixtures for the workbench tests: ``tuiwb demo``'s pipeline on the small demo lab.
 
 The shared ``demo_small_saes`` lab (tests/conftest.py) is the demo pipeline run on the lab shipped
-with tuiwb; each test gets a fresh Session (patches start off) on its files.
+with tuiwb; each test gets a fresh Session (patches start off) on its files (``demo_session``, also in
+tests/conftest.py: the server tests use it too).
 """
 
 from __future__ import annotations
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def ui_demo(demo_small_saes):
-    """``DemoResult`` of the demo pipeline (small variant)."""
-    return demo_small_saes.result
-
-
-@pytest.fixture
-def demo_session(ui_demo):
-    """A fresh Session on the demo pipeline's outputs, with the (off) trigger patch."""
-    from tuiwb.commands.demo import prepare_session
-
-    session = prepare_session(ui_demo)
-    yield session
-    session.close()
 
 
 @pytest.fixture

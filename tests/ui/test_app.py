@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
+from pilot_wait import until
 
 from tuiwb.tui.keymap import KEYS
 from tuiwb.tui.screens.contrast import ContrastDialog
@@ -30,13 +29,6 @@ async def settle(pilot, rounds: int = 3) -> None:
     await pilot.pause()
 
 
-async def until(pilot, cond, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError("condition not reached")
-        await pilot.pause(0.02)
 
 
 def screen_text(app) -> str:

@@ -25,6 +25,9 @@ def add_parser(sub, parents) -> None:
                    "(default: next to the cached demo model)")
     p.add_argument("--json", action="store_true", help="with --no-ui: print the summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from tuiwb.commands._companion import add_companion_options
+
+    add_companion_options(p, switch=True, host=False)
     p.set_defaults(run=run)
 
 
@@ -72,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(str(demo_model_path(args.variant, progress=not args.quiet)))
     result = run_pipeline(cfg, progress=not args.quiet, loaded=loaded,
                           say=(lambda s: None) if args.quiet and args.json else None)
+    if args.companion:
+        return _with_companion(args, result, loaded)
     if args.no_ui:
         if args.json:
             print(json.dumps(result.to_json()))
@@ -83,3 +88,23 @@ def run(args: argparse.Namespace) -> int:
     from tuiwb.commands.ui import open_workbench
 
     return open_workbench(prepare_session(result, loaded), **app_kwargs(result))
+
+
+def _with_companion(args: argparse.Namespace, result, loaded) -> int:
+    """The demo's Session served to the browser: with the workbench, or alone with --no-ui (Ctrl-C stops)."""
+    from tuiwb.commands._companion import roots_of, start_companion
+    from tuiwb.commands.ui import open_with_companion
+
+    session = prepare_session(result, loaded)
+    session.prompt = result.prompt
+    roots = roots_of(result.saes_dir, result.acts_dir)
+    serve = dict(ranked={result.trigger_layer: result.trigger_features},
+                 target={"layer": result.trigger_layer, "feature": result.trigger_features[0]})
+    if not args.no_ui:
+        return open_with_companion(session, args, roots=roots, serve=serve, **app_kwargs(result))
+    handle = start_companion(session, args, roots=roots, **serve)
+    try:
+        handle.wait()
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -18,10 +18,10 @@ def add_parser(sub, parents) -> None:
                     "breadth first, --depth levels deep; below layer 0 come the token embeddings. With "
                     "--prompt: activation × gradient (or Integrated Gradients) on that prompt, with the norms' "
                     "denominators frozen; without: static virtual weights W_enc·W_dec between adjacent SAEs.")
-    add_model_options(p)
-    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs")
-    p.add_argument("--layer", type=int, required=True, help="layer of the target feature's SAE")
-    p.add_argument("--feature", type=int, required=True, help="the target feature id")
+    add_model_options(p, required=False)
+    p.add_argument("--saes", metavar="DIR", help="directory of layer_N/ SAEs (required unless --show)")
+    p.add_argument("--layer", type=int, help="layer of the target feature's SAE (required unless --show)")
+    p.add_argument("--feature", type=int, help="the target feature id (required unless --show)")
     p.add_argument("--prompt", default=None, help="prompt text (a BOS token is prepended); omit for the static view")
     p.add_argument("--pos", type=int, default=None, metavar="P",
                    help="token position of the target (0 = BOS, negative from the end; default: last)")
@@ -36,7 +36,30 @@ def add_parser(sub, parents) -> None:
                    help="differentiate through the norms' live denominators (then contributions from other "
                         "positions cancel out; see tuiwb.provenance_attr)")
     p.add_argument("--json", action="store_true", help='print one JSON object {"nodes": [...], "edges": [...]}')
+    p.add_argument("--format", choices=("tuiwb", "circuit-tracer"), default="tuiwb",
+                   help="JSON layout with --json: tuiwb's own, or circuit-tracer's graph schema (a superset of it, "
+                        "readable by its viewers)")
+    p.add_argument("--show", metavar="FILE", default=None,
+                   help="draw a saved graph (a --json file of either format, or one circuit-tracer wrote) as a tree; "
+                        "no model needed")
     p.set_defaults(run=run)
+
+
+def _emit(graph, args, model: str = "") -> int:
+    if args.json:
+        import json
+
+        from tuiwb.provenance.circuit_tracer import to_circuit_tracer
+
+        data = to_circuit_tracer(graph, model=model) if args.format == "circuit-tracer" else graph.to_json()
+        print(json.dumps(data))
+        return 0
+    from rich.console import Console
+
+    from tuiwb.provenance.render import render_tree
+
+    Console().print(render_tree(graph))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,10 +68,16 @@ def run(args: argparse.Namespace) -> int:
     from tuiwb.errors import TuiwbError
     from tuiwb.features.cache import cached_stats_by_layer
     from tuiwb.provenance.graph import build_graph, check_request
-    from tuiwb.provenance.render import render_tree
     from tuiwb.sae.compat import check_sae_fits
     from tuiwb.sae.io import load_saes
 
+    if args.show is not None:
+        from tuiwb.provenance.circuit_tracer import load_graph
+
+        return _emit(load_graph(args.show), args)
+    missing = [f"--{name}" for name in ("model", "saes", "layer", "feature") if getattr(args, name) is None]
+    if missing:
+        raise TuiwbError(f"missing {', '.join(missing)}: give them, or --show FILE to draw a saved graph")
     if not Path(args.saes).is_dir():
         raise TuiwbError(f"SAE directory {args.saes} does not exist: point --saes at a saes/ directory")
     loaded = load_model_from_args(args)
@@ -62,10 +91,4 @@ def run(args: argparse.Namespace) -> int:
     graph = build_graph(loaded, saes, args.layer, args.feature, args.prompt, pos=args.pos, depth=args.depth,
                         top=args.top, threshold=args.threshold, method=args.method, steps=args.steps,
                         stats=stats, freeze_norms=not args.live_norms)
-    if args.json:
-        print(graph.dumps())
-        return 0
-    from rich.console import Console
-
-    Console().print(render_tree(graph))
-    return 0
+    return _emit(graph, args, model=str(args.model))

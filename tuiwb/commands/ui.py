@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuiwb.commands._options import add_model_options
+from tuiwb.commands._options import add_lab_options, add_model_options
 
 
 HELP = "open the interactive workbench (TUI)"
@@ -17,14 +17,13 @@ def add_parser(sub, parents) -> None:
                        description="Open the keyboard-driven workbench: feature table, token cloud, contexts, "
                                    "live logits with patches on/off, provenance. Press ? inside for the keys.")
     add_model_options(p)
-    p.add_argument("--saes", required=True, metavar="DIR", help="directory of layer_N/ SAEs (from `tuiwb train`)")
-    p.add_argument("--acts", metavar="DIR", help="activation store (NAME.parquet/) for feature stats and contexts")
-    p.add_argument("--lora", action="append", default=[], metavar="DIR",
-                   help="a lora/NAME patch, or a directory of them, to attach (repeatable)")
-    p.add_argument("--prompt", default="", help="text preloaded in the prompt editor")
+    add_lab_options(p, prompt_help="text preloaded in the prompt editor")
     p.add_argument("--layer", type=int, default=None, help="SAE layer shown first (default: the lowest)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="tokens in the logit pane (default 10)")
     p.add_argument("--lora-out", default="lora", metavar="DIR", help="where `e` exports patches (default lora/)")
+    from tuiwb.commands._companion import add_companion_options
+
+    add_companion_options(p, switch=True, host=False)
     p.set_defaults(run=run)
 
 
@@ -54,10 +53,17 @@ def run(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise TuiwbError("--top must be at least 1")
     require_terminal()
-    session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=lora_dirs(args.lora),
+    loras = lora_dirs(args.lora)
+    session = Session.open(args.model, saes_dir=args.saes, acts=args.acts, lora_dirs=loras,
                            quant=args.quant, device=args.device, dtype=args.dtype,
                            trust_remote_code=args.trust_remote_code, allow_pickle=args.allow_pickle)
-    return open_workbench(session, prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
+    kw = dict(prompt=args.prompt, layer=args.layer, top_k=args.top, lora_dir=args.lora_out)
+    if not args.companion:
+        return open_workbench(session, **kw)
+    from tuiwb.commands._companion import roots_of
+
+    session.prompt = args.prompt
+    return open_with_companion(session, args, roots=roots_of(args.saes, args.acts, *loras, args.lora_out), **kw)
 
 
 def require_terminal() -> None:
@@ -70,6 +76,19 @@ def require_terminal() -> None:
     if not (sys.stdin.isatty() and sys.stdout.isatty() and sys.stderr.isatty()):  # textual draws on stderr
         raise TuiwbError("the workbench needs a terminal, and stdin, stdout or stderr is not one: run it in a terminal "
                          "(over SSH: ssh -t), or use the scripting commands (tuiwb logits, demo --no-ui)")
+
+
+def open_with_companion(session, args, *, roots, serve: dict | None = None, **kw) -> int:
+    """The workbench (``kw``: ``make_app``'s) and the browser companion (``serve``: ``start_companion``'s
+    ``target``/``ranked``) on one Session: toggles cross both ways."""
+    from tuiwb.commands._companion import start_companion
+
+    handle = start_companion(session, args, roots=roots, **(serve or {}))
+    try:
+        return open_workbench(session, companion_url=handle.url, **kw)
+    finally:
+        handle.stop()
+        print(f"companion stopped (it was {handle.url})")
 
 
 def open_workbench(session, **kw) -> int:

@@ -5,5 +5,6 @@ from tuiwb._lazy import lazy_exports
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "ProvenanceGraph": "graph", "build_graph": "graph", "static_graph": "graph", "attribute": "attribution",
-    "render_ascii": "render", "render_tree": "render",
+    "render_ascii": "render", "render_tree": "render", "to_circuit_tracer": "circuit_tracer",
+    "from_circuit_tracer": "circuit_tracer", "load_graph": "circuit_tracer",
 })

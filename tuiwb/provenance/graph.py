@@ -144,6 +144,24 @@ class ProvenanceGraph:
     def dumps(self) -> str:
         return json.dumps(self.to_json())
 
+    @classmethod
+    def from_json(cls, data: dict) -> "ProvenanceGraph":
+        """The inverse of :meth:`to_json` (a ``tuiwb provenance --json`` file read back)."""
+        try:
+            meta = data.get("meta", {})
+            graph = cls(nodes=tuple(Node(**n) for n in data["nodes"]), edges=tuple(Edge(**e) for e in data["edges"]),
+                        root=data["root"], method=meta.get("method", "grad"), prompt=meta.get("prompt"),
+                        tokens=tuple(meta.get("tokens", ())), depth=meta.get("depth", 0), top=meta.get("top", 0),
+                        threshold=meta.get("threshold", 0.0), notes=tuple(meta.get("notes", ())))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise TuiwbError(f"not a tuiwb provenance graph: {e}") from None
+        ids = {n.id for n in graph.nodes}
+        dangling = [x for x in [graph.root, *(e.source for e in graph.edges), *(e.target for e in graph.edges)]
+                    if x not in ids]
+        if dangling:
+            raise TuiwbError(f"not a tuiwb provenance graph: node {dangling[0]!r} is referenced but not listed")
+        return graph
+
     def to_ascii(self) -> str:
         """The tree as plain text (what the TUI pane shows)."""
         return render_ascii(self)

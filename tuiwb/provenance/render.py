@@ -23,7 +23,8 @@ def _describe(node, graph) -> str:
         act = f" ‖err‖ {node.activation:.3g}" if node.activation is not None else ""
         return f"{node.id} ({node.label}){act}"
     if node.kind == "embedding":  # the id already names the position
-        return f"{node.id} {node.token!r} ‖e‖ {node.activation:.3g}"
+        norm = f" ‖e‖ {node.activation:.3g}" if node.activation is not None else ""
+        return f"{node.id} {node.token!r}{norm}"
     parts = [node.id]
     if node.position is not None:
         parts.append(f"@{node.position} {node.token!r}")

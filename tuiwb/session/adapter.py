@@ -59,6 +59,22 @@ class Lab:
         """The Session's re-entrant lock: several Session calls as one step."""
         return self.session.atomic()
 
+    # --- shared state: every client of the Session sees the same patches and prompt ------------
+    def subscribe(self, callback):
+        """``Session.subscribe``: ``callback(event)`` on every patch/prompt change; returns ``unsubscribe()``."""
+        return self.session.subscribe(callback)
+
+    def changes_from(self, origin: str):
+        """``Session.changes_from``: label this thread's changes (a client ignores its own events)."""
+        return self.session.changes_from(origin)
+
+    @property
+    def prompt(self) -> str:
+        return self.session.prompt
+
+    def set_prompt(self, text: str) -> None:
+        self.session.prompt = text
+
     # --- static facts ------------------------------------------------------------------------
     def info(self) -> LabInfo:
         loaded = self.session.loaded
@@ -136,8 +152,13 @@ class Lab:
 
     def provenance_text(self, layer: int, feature: int, prompt: str | None, depth: int = 2,
                         patched: bool = False) -> str:
-        """The ASCII tree, as deep as the attached SAEs allow (each level needs the SAE below it; with a
-        prompt, below layer 0 are the token embeddings). ``patched``: on the model as patched now;
+        """The ASCII tree of ``provenance_graph``."""
+        return self.provenance_graph(layer, feature, prompt, depth, patched).to_ascii()
+
+    def provenance_graph(self, layer: int, feature: int, prompt: str | None, depth: int = 2,
+                         patched: bool = False, **kwargs):
+        """The ``ProvenanceGraph``, as deep as the attached SAEs allow (each level needs the SAE below it;
+        with a prompt, below layer 0 are the token embeddings). ``patched``: on the model as patched now;
         else on the unpatched one, the model the top contexts come from."""
         have = 0
         while have < depth and ((layer - have - 1) in self.session.saes or prompt and layer - have - 1 == -1):
@@ -148,7 +169,7 @@ class Lab:
                              if layer else "layer 0: type a prompt to attribute it to the token embeddings")
         ctx = contextlib.nullcontext() if patched else self.session.unpatched()
         with self.atomic(), ctx:
-            return self.session.provenance(layer, feature, prompt, depth=have).to_ascii()
+            return self.session.provenance(layer, feature, prompt, depth=have, **kwargs)
 
     # --- patches -----------------------------------------------------------------------------
     def patches(self) -> tuple[PatchView, ...]:

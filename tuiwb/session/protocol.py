@@ -8,7 +8,7 @@ tests) only has to provide it.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Iterable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 
 @runtime_checkable
@@ -20,7 +20,12 @@ class SessionAPI(Protocol):
     acts: object | None
     """The ``ActivationStore`` (top contexts, stats), or None."""
 
+    prompt: str
+    """The current prompt every client shows (setting it publishes a ``prompt`` event)."""
+
     def atomic(self) -> AbstractContextManager: ...
+    def subscribe(self, callback: Callable[[dict], None]) -> Callable[[], None]: ...
+    def changes_from(self, origin: str) -> AbstractContextManager: ...
     def sae(self, layer: int): ...
 
     @property

@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -70,6 +70,9 @@ class Session:
         self._suspended = 0  # depth of nested ``unpatched`` blocks
         self._baseline: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self._stats: dict[tuple, object] = {}  # (layer, id(sae), StatsConfig) → FeatureStats
+        self._prompt = ""
+        self._subscribers: list = []  # callbacks of ``subscribe``
+        self._origin = threading.local()  # who is making the current thread's changes (``changes_from``)
         self._forced: frozenset[str] | None = None  # patches one generation step runs with (``_patch_state``)
         self._continuations: OrderedDict[tuple, tuple[list[int], bool]] = OrderedDict()  # unpatched greedy runs
         self._scorecards: dict[str, object] = {}  # patch name → its last ``Scorecard``
@@ -120,6 +123,58 @@ class Session:
         lands in between). Every method takes it itself; clients only need it to group calls."""
         return self._lock
 
+    # ------------------------------------------------------------------------ shared state, events
+    @property
+    def prompt(self) -> str:
+        """The current prompt every client shows (the TUI's editor, the companion page)."""
+        return self._prompt
+
+    @prompt.setter
+    def prompt(self, text: str) -> None:
+        text = str(text)
+        with self._lock:
+            if text == self._prompt:
+                return
+            self._prompt = text
+            self._publish({"type": "prompt", "text": text})
+
+    def subscribe(self, callback: Callable[[dict], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` on every change of the shared state; returns ``unsubscribe()``.
+
+        Events: ``{"type": "patches"}`` (a patch toggled, added or removed) and ``{"type": "prompt",
+        "text": ...}``, each with ``"origin"``: what ``changes_from`` named for the thread that made the
+        change (None: nobody said). The callback runs in that thread, with the Session's lock held, so it
+        must only hand the event on (post a message, ``call_soon_threadsafe``), never block or wait for
+        another thread that takes the lock.
+        """
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+        return unsubscribe
+
+    @contextlib.contextmanager
+    def changes_from(self, origin: str):
+        """Label the changes this thread makes inside the block (events carry ``origin``), so a client
+        can tell its own changes from everybody else's."""
+        before = getattr(self._origin, "name", None)
+        self._origin.name = origin
+        try:
+            yield
+        finally:
+            self._origin.name = before
+
+    def _publish(self, event: dict) -> None:
+        event = {**event, "origin": getattr(self._origin, "name", None)}
+        for cb in list(self._subscribers):
+            try:
+                cb(event)
+            except Exception as e:  # noqa: BLE001 — one broken client must not break a toggle
+                warn(f"a Session subscriber failed: {type(e).__name__}: {e}")
+
     # ---------------------------------------------------------------------------------- patches
     @property
     def patches(self) -> list[Patch]:
@@ -161,6 +216,8 @@ class Session:
                     raise
             if enabled:
                 self.toggle(name, True)
+            else:
+                self._publish({"type": "patches"})
             return self._patches[name]
 
     def remove_patch(self, name: str) -> None:
@@ -172,6 +229,7 @@ class Session:
             if self._rack is not None and name in self._rack.names:
                 self._rack.remove(name)
             self._sync()
+            self._publish({"type": "patches"})
 
     def toggle(self, name: str, on: bool | None = None) -> bool:
         """Switch a patch on/off (flip when ``on`` is None); returns its new state. No reload."""
@@ -181,6 +239,7 @@ class Session:
             if state != p.enabled:
                 self._patches[name] = replace(p, enabled=state)
                 self._sync()
+                self._publish({"type": "patches"})
             return state
 
     def set_enabled(self, names: Iterable[str]) -> None:
@@ -189,9 +248,12 @@ class Session:
             want = set(names)
             for n in want:
                 self.patch(n)
+            changed = any(p.enabled != (n in want) for n, p in self._patches.items())
             for n, p in self._patches.items():
                 self._patches[n] = replace(p, enabled=n in want)
             self._sync()
+            if changed:
+                self._publish({"type": "patches"})
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -404,6 +466,7 @@ class Session:
             self._baseline.clear()  # the injected wrappers compute the same, but stay strictly safe
             self._continuations.clear()
             self._sync()
+            self._publish({"type": "patches"})  # its kind is now "lora"
             return fid
 
     def measure_fidelity(self, name: str, data=None, tokens: int = 4096) -> float:
@@ -462,6 +525,8 @@ class Session:
                                         fidelity=m.get("fidelity"), source=str(path))
             if enabled:
                 self.toggle(name, True)
+            else:
+                self._publish({"type": "patches"})
             return self._patches[name]
 
     def export(self, names: Iterable[str], out: str | Path, *, overwrite: bool = False) -> Path:

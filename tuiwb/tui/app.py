@@ -8,6 +8,7 @@ panes' data. Toggles are timed from the key event to the repaint of the logit pa
 
 from __future__ import annotations
 
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -37,7 +38,8 @@ from tuiwb.tui.widgets.prompt import PromptEditor
 from tuiwb.tui.widgets.provenance import ProvenanceView
 from tuiwb.tui.widgets.status_bar import StatusBar
 from tuiwb.tui.widgets.token_cloud import TokenCloud
-from tuiwb.tui.workers import ModelWork
+from tuiwb.tui.messages import SessionChanged
+from tuiwb.tui.workers import TUI_ORIGIN, ModelWork
 
 PAGES = {1: "features-pane", 2: "detail-pane", 3: "logits-pane", 4: "patches-pane", 5: "continuation-pane"}
 """Narrow terminals show one of these at a time (keys 1..5); wide ones show all."""
@@ -63,7 +65,7 @@ class WorkbenchApp(ModelWork, App):
     def __init__(self, lab: Lab, *, prompt: str = "", layer: int | None = None,
                  ranked: Iterable[int] = (), fixed_status: bool = False,
                  contrast_prompts: tuple[list[str], list[str]] | None = None, contrast_target: str = "",
-                 screenshot_dir: str | Path = "."):
+                 screenshot_dir: str | Path = ".", companion_url: str | None = None):
         super().__init__()
         self.lab = lab
         self.info = lab.info()
@@ -74,7 +76,13 @@ class WorkbenchApp(ModelWork, App):
             raise TuiwbError(f"no SAE for layer {layer}: SAEs are attached for layers "
                              f"{', '.join(map(str, self.info.layers))}")
         self.set_reactive(WorkbenchApp.layer, layer)  # no watcher yet: the panes don't exist
-        self.prompt = prompt
+        self.prompt = prompt or lab.prompt  # the Session's shared prompt when none is given here
+        self.companion_url = companion_url
+        """The browser companion's URL when one serves this Session (shown on start)."""
+        self._changes_lock = threading.Lock()
+        self._changes: dict[str, bool] = {}  # the user's toggles the next logits worker applies
+        self._creates: list[tuple[int, int]] = []  # (layer, feature) patches it creates first
+        self._unsubscribe = None
         self.ranked = {layer: tuple(int(f) for f in ranked)} if ranked else {}
         self.fixed_status = fixed_status
         self.contrast_prompts = contrast_prompts
@@ -146,8 +154,21 @@ class WorkbenchApp(ModelWork, App):
         self.query_one(PatchList).show(self.patch_views, self.wanted)
         self._mark_table()
         self.mutate_reactive(WorkbenchApp.layer)  # watch_layer for the first layer, now the panes exist
-        self.request_logits()
+        self._unsubscribe = self.lab.subscribe(self._on_session_event)
+        self.request_logits(set_prompt=bool(self.prompt))
         self.query_one(FeatureRowsView).focus()
+        if self.companion_url:
+            self.notify(f"companion: {self.companion_url}", title="browser companion", timeout=30)
+
+    def on_unmount(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _on_session_event(self, event: dict) -> None:
+        """Any thread, Session lock held: another client's change becomes a message (ours are ignored)."""
+        if event.get("origin") != TUI_ORIGIN:
+            self.post_message(SessionChanged(event))
 
     @property
     def status(self) -> StatusBar:
@@ -195,7 +216,7 @@ class WorkbenchApp(ModelWork, App):
         if msg.text == self.prompt:
             return
         self.prompt = msg.text
-        self.request_logits()
+        self.request_logits(set_prompt=True)
         if self.selected is not None:
             self.request_feature(*self.selected)
 
@@ -230,7 +251,7 @@ class WorkbenchApp(ModelWork, App):
         if name is None:
             self.notify("select a feature (or a patch) first", severity="warning")
             return
-        self.wanted[name] = not self.wanted.get(name, False)
+        self._want(name, not self.wanted.get(name, False))
         # No optimistic repaint here: the answer arrives in milliseconds and one paint (of the logits,
         # the patch row and the table marks together) keeps the main thread free for it.
         self.request_logits(t_key=t_key, create=create)
@@ -367,7 +388,7 @@ def _short_model_id(model_id: str) -> str:
 def make_app(session, prompt: str | None = None, *, layer: int | None = None, ranked: Iterable[int] = (),
              fixed_status: bool = False, contrast_prompts: tuple[list[str], list[str]] | None = None,
              contrast_target: str = "", top_k: int = 10, lora_dir: str | Path = "lora",
-             screenshot_dir: str | Path = ".") -> WorkbenchApp:
+             screenshot_dir: str | Path = ".", companion_url: str | None = None) -> WorkbenchApp:
     """The one factory the CLI (``tuiwb ui``/``tuiwb demo``), the tests and the benchmark use.
 
     ``ranked`` pins features (e.g. contrast-search hits) to the top of ``layer``'s table;
@@ -376,4 +397,4 @@ def make_app(session, prompt: str | None = None, *, layer: int | None = None, ra
     lab = Lab(session, top_k=top_k, lora_dir=lora_dir)
     return WorkbenchApp(lab, prompt=prompt or "", layer=layer, ranked=ranked, fixed_status=fixed_status,
                         contrast_prompts=contrast_prompts, contrast_target=contrast_target,
-                        screenshot_dir=screenshot_dir)
+                        screenshot_dir=screenshot_dir, companion_url=companion_url)

@@ -96,6 +96,14 @@ class Exported(Message):
 
 
 @dataclass
+class SessionChanged(Message):
+    """Another client of the Session (the browser companion, a notebook) changed the patches or the
+    prompt: ``event`` is the Session's event (``{"type": "patches"}`` / ``{"type": "prompt", "text"}``)."""
+
+    event: dict
+
+
+@dataclass
 class ContinuationReady(Message):
     """The continuations so far (one message per new token)."""
 

@@ -18,7 +18,7 @@ from textual.worker import Worker, WorkerState
 from tuiwb.errors import TuiwbError
 from tuiwb.progress import CallbackProgress, ProgressEvent, describe
 from tuiwb.tui.messages import (BusyProgress, ContinuationReady, ContrastReady, DetailReady, Exported, LogitsReady,
-                                PatchesChanged, ProvenanceReady, SweepReady, TableReady)
+                                PatchesChanged, ProvenanceReady, SessionChanged, SweepReady, TableReady)
 from tuiwb.session.views import PatchView
 from tuiwb.tui.screens.contrast import ContrastRequest
 from tuiwb.tui.screens.sweep import SweepScreen
@@ -27,9 +27,12 @@ from tuiwb.tui.widgets.continuation import ContinuationPane
 from tuiwb.tui.widgets.feature_table import FeatureTable
 from tuiwb.tui.widgets.logit_bars import LogitBars
 from tuiwb.tui.widgets.patches import PatchList
+from tuiwb.tui.widgets.prompt import PromptEditor
 from tuiwb.tui.widgets.provenance import ProvenanceView
 from tuiwb.tui.widgets.token_cloud import TokenCloud
 
+TUI_ORIGIN = "tui"
+"""``Session.changes_from`` label of the workbench's own changes (its subscription ignores them)."""
 SELECT_DEBOUNCE_S = 0.06
 """Cursor runs (holding ↓) only compute the feature the cursor stops on."""
 
@@ -47,21 +50,44 @@ class ModelWork:
         self._latest[group] = self._seq
         return self._seq
 
-    def request_logits(self, t_key: float | None = None, create: tuple[int, int] | None = None) -> None:
+    def request_logits(self, t_key: float | None = None, create: tuple[int, int] | None = None,
+                       set_prompt: bool = False) -> None:
+        """Recompute the logits; ``create``: make that feature's patch first; ``set_prompt``: the
+        user edited the prompt here (it becomes the Session's shared prompt)."""
+        with self._changes_lock:
+            if create is not None:
+                self._creates.append(create)
         rid = self._next("logits")
         self._next("generate")  # the running continuation is stale now: it stops at its next token
-        self._logits_worker(rid, self.prompt, dict(self.wanted), create, t_key)
+        self._logits_worker(rid, self.prompt, set_prompt, t_key)
+
+    def _want(self, name: str, on: bool) -> None:
+        """The user asked for patch ``name`` on/off: the next logits worker applies it, once."""
+        self.wanted[name] = on
+        with self._changes_lock:
+            self._changes[name] = on
+
+    def _take_changes(self) -> tuple[list, dict[str, bool]]:
+        with self._changes_lock:
+            creates, self._creates = self._creates, []
+            changes, self._changes = self._changes, {}
+        return creates, changes
 
     @work(thread=True, exclusive=True, group="logits", exit_on_error=False)
-    def _logits_worker(self, rid: int, prompt: str, wanted: dict[str, bool], create, t_key) -> None:
+    def _logits_worker(self, rid: int, prompt: str, set_prompt: bool, t_key) -> None:
         # One lock hold for state + logits: a superseded worker that still runs must neither compute
-        # with a newer state nor leave its older state behind in the Session.
-        with self.lab.atomic():
+        # with a newer state nor leave its older state behind in the Session. Only the user's own
+        # toggles are applied (each once, in order with other clients' changes): a toggle made in the
+        # browser meanwhile stays.
+        with self.lab.atomic(), self.lab.changes_from(TUI_ORIGIN):
             if self._latest.get("logits") != rid:
-                return  # a newer request exists; it applies its own (complete) state
-            if create is not None:
+                return  # a newer request exists; it applies the pending changes
+            creates, changes = self._take_changes()
+            for create in creates:
                 self.lab.ensure_patch(*create)
-            self.lab.apply_states(wanted)
+            self.lab.apply_states(changes)
+            if set_prompt:
+                self.lab.set_prompt(prompt)
             view = self.lab.logits(prompt)
             patches = self.lab.patches()
         self.post_message(LogitsReady(rid, view, patches, t_key))
@@ -237,6 +263,8 @@ class ModelWork:
     def on_logits_ready(self, msg: LogitsReady) -> None:
         if not self._fresh("logits", msg.request):
             return  # a newer request is on its way: don't paint stale numbers
+        with self._changes_lock:  # the Session's states are the truth now, but for toggles not yet applied
+            self.wanted.update({p.name: p.enabled for p in msg.patches if p.name not in self._changes})
         self.query_one(LogitBars).show(msg.view)
         self._set_patches(msg.patches)
         self.logits_painted += 1
@@ -291,6 +319,17 @@ class ModelWork:
         self._set_patches(msg.patches)
         if msg.note:
             self.notify(msg.note)
+        self.request_logits()
+
+    def on_session_changed(self, msg: SessionChanged) -> None:
+        """Another client changed the Session: show its prompt, repaint patches and logits."""
+        if msg.event.get("type") == "prompt":
+            text = str(msg.event.get("text", ""))
+            if text != self.prompt:
+                self.prompt = text
+                self.query_one(PromptEditor).value = text  # its Edited then matches: no echo back
+                if self.selected is not None:
+                    self.request_feature(*self.selected)
         self.request_logits()
 
     def on_exported(self, msg: Exported) -> None:
