@@ -154,9 +154,10 @@ class ModelWork:
             stream.close()  # ends the Session's generators now, not at garbage collection
 
     def on_continuation_ready(self, msg: ContinuationReady) -> None:
-        if not self._fresh("generate", msg.request):
+        panes = self.query(ContinuationPane)  # none: a token that arrived while the app shuts down
+        if not self._fresh("generate", msg.request) or not panes:
             return
-        self.query_one(ContinuationPane).show(msg.view)
+        panes.first().show(msg.view)
         self.continuations_painted += 1
         if msg.t_key is not None and msg.view.patched and msg.request not in self._gen_timed:
             self._gen_timed.add(msg.request)
@@ -296,7 +297,7 @@ class ModelWork:
         self._select_timer = self.set_timer(SELECT_DEBOUNCE_S, partial(self.request_feature, msg.layer, msg.feature))
 
     def on_detail_ready(self, msg: DetailReady) -> None:
-        if not self._fresh("detail", msg.request):
+        if not self._fresh("detail", msg.request) or not self.query(TokenCloud):  # none: shutting down
             return
         d = msg.detail
         cloud = self.query_one(TokenCloud)
