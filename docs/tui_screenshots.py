@@ -46,4 +46,6 @@ if __name__ == "__main__":
     print(shoot("workbench", (160, 50), []))
     print(shoot("workbench-patched", (160, 50), ["space"]))
     print(shoot("workbench-80x24", (80, 24), ["space", "3"]))
+    print(shoot("workbench-continuation-80x24", (80, 24), ["space", "5"]))
+    print(shoot("workbench-sweep", (120, 40), ["d"]))
     print(shoot("help", (110, 44), ["question_mark"]))

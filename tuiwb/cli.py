@@ -27,6 +27,7 @@ COMMANDS = [
     "eval",
     "features",
     "logits",
+    "generate",
     "patch",
     "provenance",
     "ui",

@@ -26,6 +26,17 @@ def test_main_screen_80x24(snap_compare, demo_app):
     assert snap_compare(demo_app, terminal_size=(80, 24), run_before=_ready)
 
 
+def test_continuation_page_80x24(snap_compare, demo_app):
+    """Page 5 after space: the payload in the baseline, gone from the patched side, divergence marked."""
+    async def toggled(pilot) -> None:
+        await _ready(pilot)
+        for key in ("space", "5"):
+            await pilot.press(key)
+            await _ready(pilot)
+
+    assert snap_compare(demo_app, terminal_size=(80, 24), run_before=toggled)
+
+
 def test_help_screen(snap_compare, demo_app):
     assert snap_compare(demo_app, terminal_size=(110, 44), press=["question_mark"], run_before=_ready)
 

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from tuiwb.commands._options import add_model_options, load_model_from_args
+from tuiwb.commands._patch_flags import add_patch_options, open_patched_session, patch_specs
 
 
 HELP = "print next-token probabilities for a prompt"
@@ -28,15 +29,14 @@ def add_parser(sub, parents) -> None:
                      help="one prompt per line; with --json prints one JSON object per line (JSON lines)")
     p.add_argument("--top", type=int, default=10, metavar="K", help="how many tokens to show (default 10)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--saes", metavar="DIR", help="saes/ directory (layer_N/ below) for --ablate/--scale")
-    p.add_argument("--ablate", action="append", default=[], metavar="L:F[,F...]",
-                   help="ablate SAE features F at layer L (exact hook patch); may repeat")
-    p.add_argument("--scale", action="append", default=[], metavar="L:F[,F...]=ALPHA",
-                   help="multiply SAE features F at layer L by ALPHA (exact hook patch); may repeat")
-    p.add_argument("--lora", action="append", default=[], metavar="lora/NAME",
-                   help="apply a LoRA patch made by `tuiwb patch build`; may repeat")
+    add_patch_options(p)
     p.add_argument("--token", action="append", default=[], metavar="TOKEN",
                    help="also report P(TOKEN) unpatched and patched (JSON key \"tokens\"); may repeat")
+    p.add_argument("--sweep", metavar="L:F", help="dose-response of SAE feature F at layer L (needs --saes): "
+                   "P(target) and KL to the unpatched model per scale factor α; a chart, or with --json "
+                   '{"prompt", "layer", "feature", "rows": [{"alpha", "p", "kl", "top"}]}')
+    p.add_argument("--alphas", metavar="A,B,...", help="--sweep's scale factors (default -2,-1,0,0.5,1,2,4)")
+    p.add_argument("--target", metavar="TOKEN", help="--sweep's token (default: the unpatched top token)")
     p.set_defaults(run=run)
 
 
@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.top < 1:
         raise TuiwbError("--top must be at least 1")
-    specs = _parse_patch_flags(args)
+    specs = patch_specs(args)
     prompts = [args.prompt] if args.prompts is None else read_lines(args.prompts, "prompt file")
+    if args.sweep is not None or args.alphas is not None or args.target is not None:
+        return _run_sweep(args, specs, prompts)
     if not specs and not args.lora:
         loaded = load_model_from_args(args)
         _check_tokens(loaded, args.token)
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 _print_table(prompt, top)
         return 0
 
-    session = _open_session(args, specs)
+    session = open_patched_session(args, specs)
     _check_tokens(session.loaded, args.token)
     patches = [p.to_json() for p in session.patches]
     for prompt in prompts:
@@ -82,30 +84,70 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_patch_flags(args) -> list[tuple[int, list[int], str]]:
-    """``--ablate``/``--scale`` → ``[(layer, features, mode)]``, syntax checked before any loading."""
+def _parse_sweep(args) -> tuple[int, int, tuple[float, ...]]:
+    """``--sweep L:F`` and ``--alphas``, checked before any loading."""
+    import re
+
     from tuiwb.errors import TuiwbError
-    from tuiwb.commands._patch_flags import parse_ablate, parse_scale
-    from tuiwb.patch.edit import format_mode
+    from tuiwb.patch.sweep import DEFAULT_ALPHAS, check_alphas
 
-    specs = [(*parse_ablate(s), "ablate") for s in args.ablate]
-    for s in args.scale:
-        layer, feats, alpha = parse_scale(s)
-        specs.append((layer, feats, format_mode(alpha)))
-    if specs and not args.saes:
-        raise TuiwbError("--ablate/--scale edit SAE features: pass --saes with the saes/ directory")
-    return specs
+    if args.sweep is None:
+        raise TuiwbError("--alphas and --target belong to --sweep L:F: pass --sweep too")
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", args.sweep)
+    if not m:
+        raise TuiwbError(f"bad --sweep {args.sweep!r}: expected LAYER:FEATURE, e.g. 1:325")
+    if not args.saes:
+        raise TuiwbError("--sweep scales an SAE feature: pass --saes with the saes/ directory")
+    if args.alphas is None:
+        return int(m.group(1)), int(m.group(2)), DEFAULT_ALPHAS
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise TuiwbError(f"bad --alphas {args.alphas!r}: expected numbers separated by commas, e.g. -1,0,2") from None
+    return int(m.group(1)), int(m.group(2)), check_alphas(alphas)
 
 
-def _open_session(args, specs):
-    from tuiwb.session.session import Session
+def _run_sweep(args, specs, prompts) -> int:
+    """``--sweep``: one dose-response per prompt, on the unpatched model."""
+    from tuiwb.errors import TuiwbError
 
-    session = Session.open(args.model, saes_dir=args.saes, lora_dirs=args.lora, quant=args.quant,
-                           device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                           allow_pickle=args.allow_pickle, device_map=args.device_map)
-    for i, (layer, feats, mode) in enumerate(specs):
-        session.add_patch(name=f"cli{i}", layer=layer, features=feats, mode=mode, method="hook")
-    return session
+    layer, feature, alphas = _parse_sweep(args)
+    if specs or args.lora:
+        raise TuiwbError("--sweep measures one feature on the unpatched model: drop --ablate/--scale/--lora")
+    session = open_patched_session(args, [])
+    for prompt in prompts:
+        sweep = session.sweep(prompt, layer, feature, alphas=alphas, target=args.target)
+        if args.json:
+            print(json.dumps(sweep.to_json()))
+        else:
+            _print_sweep(sweep)
+    return 0
+
+
+def _print_sweep(sweep) -> None:
+    import shutil
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuiwb.patch.sweep import legend, sweep_chart
+
+    table = Table(title=f"L{sweep.layer} f{sweep.feature} scaled by α, after {sweep.prompt!r}")
+    table.add_column("α", justify="right")
+    table.add_column(f"P({sweep.target!r})", justify="right")
+    table.add_column("KL nats", justify="right")
+    table.add_column("top token")
+    for r in sweep.rows:
+        table.add_row(f"{r.alpha:g}", f"{r.p:.4f}", f"{r.kl:.4f}", repr(r.top))
+    console = Console()
+    console.print(table)
+    if len(sweep.rows) > 1:
+        width = min(100, shutil.get_terminal_size((80, 24)).columns)
+        color = sys.stdout.isatty()
+        print(sweep_chart([r.alpha for r in sweep.rows], [r.p for r in sweep.rows], [r.kl for r in sweep.rows],
+                          width, 16, color=color))
+        print(legend(sweep.target, color))
 
 
 def _check_tokens(loaded, tokens: list[str]) -> None:

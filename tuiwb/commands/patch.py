@@ -4,6 +4,7 @@
   on the layer's residual writers; writes ``--out`` (manifest.json + PEFT adapter) with its fidelity.
 * ``export`` — merge ``lora/NAME`` patches into one adapter ``PeftModel.from_pretrained`` loads.
 * ``show``   — print a patch's manifest.
+* ``eval``   — the scorecard of patches over two prompt sets (what it removes on A, what it costs on B).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from pathlib import Path
 
 from tuiwb.commands._options import add_model_options
+from tuiwb.commands._patch_flags import add_patch_options, open_patched_session, patch_specs
 
 POOR_FIT = 0.5
 """Warn when the LoRA's relative error at the layer output stays above this."""
@@ -48,6 +50,7 @@ def add_parser(sub, parents) -> None:
     set_flags(b, add_config_args(b, FitConfig))
     b.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     b.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _add_prompt_sets(b, required=False)
     b.set_defaults(run=run_build)
 
     e = psub.add_parser("export", parents=parents, help="merge LoRA patches into one PEFT adapter",
@@ -64,6 +67,51 @@ def add_parser(sub, parents) -> None:
     s.add_argument("lora", metavar="lora/NAME")
     s.add_argument("--json", action="store_true", help="print the manifest as JSON")
     s.set_defaults(run=run_show)
+
+    v = psub.add_parser("eval", parents=parents, help="score patches over two prompt sets",
+                        description="The scorecard of the given patches (on together): on --positive prompts, "
+                                    "mean P(target) before/after and the share of continuations that still "
+                                    "contain it; on --negative prompts, the mean KL and the share of continuations "
+                                    "that changed; for a LoRA patch, its fidelity to the hook.")
+    add_model_options(v)
+    add_patch_options(v)
+    _add_prompt_sets(v, required=True)
+    v.add_argument("--json", action="store_true", help="print the scorecard as JSON")
+    v.set_defaults(run=run_eval)
+
+
+def _add_prompt_sets(p, required: bool) -> None:
+    when = " (required)" if required else \
+        " (with --negative: score the patch and write the scorecard into manifest.json)"
+    # checked by _prompt_sets (one-line errors), not by argparse
+    p.add_argument("--positive", metavar="A.txt",
+                   help="prompts the patch should act on, one per line" + when)
+    p.add_argument("--negative", metavar="B.txt",
+                   help="prompts the patch should leave alone, one per line")
+    p.add_argument("--target", metavar="TOKEN",
+                   help="the token to remove (default: each positive prompt's unpatched top token)")
+    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+                   help="length of the continuations compared (default 16)")
+
+
+def _prompt_sets(args) -> tuple[list[str], list[str]] | None:
+    """``(A, B)`` from ``--positive/--negative`` (both or neither), read before any model loads."""
+    from tuiwb.errors import TuiwbError
+    from tuiwb.trace.sources import read_lines
+
+    if args.positive is None and args.negative is None:
+        if args.target is not None:
+            raise TuiwbError("--target belongs to the scorecard: pass --positive and --negative too")
+        return None
+    if args.positive is None or args.negative is None:
+        raise TuiwbError("the scorecard needs both prompt sets: pass --positive A.txt and --negative B.txt")
+    if args.max_new_tokens < 1:
+        raise TuiwbError("--max-new-tokens must be at least 1")
+    return read_lines(args.positive, "--positive prompt file"), read_lines(args.negative, "--negative prompt file")
+
+
+def _print_scorecard(card) -> None:
+    print(f"scorecard of {', '.join(card.names)}: {card.summary()}")
 
 
 def _features(values: list[str]) -> list[int]:
@@ -90,6 +138,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     feats = _features(args.feature)
     parse_mode(args.mode)
+    prompt_sets = _prompt_sets(args)
     fit = config_from(FitConfig, args)  # checks the rank and every fit setting before loading anything
     out = Path(args.out)
     name = check_name(args.name or out.name)
@@ -113,6 +162,9 @@ def run_build(args: argparse.Namespace) -> int:
     import sys
 
     fidelity = session.build_lora(name, progress=sys.stderr.isatty())
+    card = None
+    if prompt_sets is not None:  # before saving: save_lora writes the scorecard into manifest.json
+        card = session.evaluate_patch([name], *prompt_sets, target=args.target, max_new_tokens=args.max_new_tokens)
     path = session.save_lora(name, out, overwrite=args.force)
     manifest = json.loads((path / "manifest.json").read_text())
     fit_info = manifest["fit"]
@@ -124,10 +176,32 @@ def run_build(args: argparse.Namespace) -> int:
               f"rank {manifest['rank']}; fidelity KL {fidelity:.5f} nats, layer-output error {err:.3f} "
               f"({'refined' if fit_info['refined'] else 'closed form'}, {fit_info['n_tokens']} tokens, "
               f"{fit_info['seconds']:.1f} s)")
+    if card is not None and not args.json:
+        _print_scorecard(card)
     if err > POOR_FIT:
         print(f"tuiwb: warning: the LoRA reproduces only {max(0.0, 1 - err):.0%} of the edit at layer "
               f"{manifest['layer']}'s output (these features depend on more than the layer's writers see); "
               "the hook patch is exact — prefer it for this edit", file=sys.stderr)
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tuiwb.errors import TuiwbError
+
+    specs = patch_specs(args)
+    if not specs and not args.lora:
+        raise TuiwbError("nothing to score: give patches with --lora lora/NAME or --saes DIR --ablate L:F,...")
+    sets = _prompt_sets(args)
+    if sets is None:
+        raise TuiwbError("the scorecard needs both prompt sets: pass --positive A.txt and --negative B.txt")
+    positive, negative = sets
+    session = open_patched_session(args, specs)
+    card = session.evaluate_patch([p.name for p in session.patches], positive, negative, target=args.target,
+                                  max_new_tokens=args.max_new_tokens)
+    if args.json:
+        print(json.dumps(card.to_json()))
+    else:
+        _print_scorecard(card)
     return 0
 
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from tuiwb.errors import TuiwbError
 from tuiwb.session.protocol import SessionAPI
-from tuiwb.session.views import (ContextView, FeatureDetail, FeatureRows, LabInfo, LogitRow, LogitsView, PatchView,
-                                 display_token, join_tokens)
+from tuiwb.session.views import (ContextView, ContinuationView, FeatureDetail, FeatureRows, LabInfo, LogitRow,
+                                 LogitsView, PatchView, SweepView, display_token, join_tokens)
 
 MODES = ("ablate", "scale=0.5", "scale=2")
 """The modes ``a`` cycles through."""
@@ -26,6 +26,8 @@ CLOUD_TOKENS = 24
 """Tokens in the token cloud."""
 TABLE_TOKENS = 5
 """Top tokens listed per row of the feature table."""
+GEN_TOKENS = 24
+"""Tokens of each continuation in the continuation pane."""
 
 
 def patch_name(layer: int, feature: int) -> str:
@@ -171,7 +173,7 @@ class Lab:
 
     # --- patches -----------------------------------------------------------------------------
     def patches(self) -> tuple[PatchView, ...]:
-        return tuple(_patch_view(p) for p in self.session.patches)
+        return tuple(_patch_view(p, self.session.scorecard(p.name)) for p in self.session.patches)
 
     def apply_states(self, states: dict[str, bool]) -> None:
         """Make each named patch's on/off state match ``states`` (idempotent: latest request wins)."""
@@ -266,6 +268,58 @@ class Lab:
         if self._patch(name).method == "hook":
             self.switch_method(name, progress=progress)
         return Path(self.session.save_lora(name, self.lora_dir / name, overwrite=True))
+
+    # --- continuations, dose-response, scorecards (issue 13) ------------------------------------
+    gen_tokens: int = GEN_TOKENS
+    """Length of each continuation (tests lengthen it to catch a generation mid-way)."""
+    gen_ignore_eos: bool = False
+
+    def continuations(self, prompt: str):
+        """Yield a ``ContinuationView`` after each new token: the unpatched and the patched
+        continuation grow together, one token each per step. Closing this stops both at once."""
+        kw = dict(max_new_tokens=self.gen_tokens, ignore_eos=self.gen_ignore_eos)
+        with self.atomic():  # the patch set the patched run uses, and the count the pane shows, alike
+            n_on = sum(bool(p.enabled) for p in self.session.patches)
+            streams = [self.session.generate(prompt, patched=False, **kw)]
+            if n_on:
+                streams.append(self.session.generate(prompt, patched=True, **kw))
+            context = self.session.loaded.encode(prompt)[-1:]  # spans read as the text continues
+        ids: list[list[int]] = [[] for _ in streams]
+        live = [True] * len(streams)
+        while any(live):
+            for i, it in enumerate(streams):
+                if live[i]:
+                    try:
+                        ids[i].append(next(it))
+                    except StopIteration:
+                        live[i] = False
+            if any(live) or not any(ids):
+                yield self._continuation_view(prompt, context, ids, n_on, done=not any(live))
+        yield self._continuation_view(prompt, context, ids, n_on, done=True)
+
+    def _continuation_view(self, prompt, context, ids, n_on, done) -> ContinuationView:
+        base = ids[0]
+        patched = ids[1] if n_on else base
+        diverge = next((i for i, (a, b) in enumerate(zip(base, patched)) if a != b), None)
+        if diverge is None and done and len(base) != len(patched):
+            diverge = min(len(base), len(patched))  # one ended (EOS) where the other went on
+
+        def spans(seq):
+            return tuple(self.tokens.spans(context + seq)[len(context):]) if seq else ()
+
+        sb = spans(base)
+        return ContinuationView(prompt=prompt, baseline=sb, patched=spans(patched) if n_on else sb, diverge=diverge,
+                                n_on=n_on, done=done, max_new_tokens=self.gen_tokens)
+
+    def sweep(self, layer: int, feature: int, prompt: str, target: str | None = None) -> SweepView:
+        s = self.session.sweep(prompt, layer, feature, target=target or None)
+        return SweepView(layer=s.layer, feature=s.feature, prompt=prompt, target=self.tokens.show(s.target_id),
+                         alphas=tuple(r.alpha for r in s.rows), p=tuple(r.p for r in s.rows),
+                         kl=tuple(r.kl for r in s.rows), top=tuple(display_token(r.top) for r in s.rows))
+
+    def scorecard(self, name: str, positive: list[str], negative: list[str], target: str | None = None) -> str:
+        """Score patch ``name`` alone on the prompt sets; its one-line summary (also in ``patches()``)."""
+        return self.session.evaluate_patch([name], positive, negative, target=target or None).summary()
 
     # --- contrast search ---------------------------------------------------------------------
     def contrast(self, layer: int, positive: list[str], negative: list[str], top: int = 10,
@@ -419,7 +473,8 @@ def _blank_rows(layer: int, sae) -> FeatureRows:
                        top_tokens=("",) * n)
 
 
-def _patch_view(p) -> PatchView:
+def _patch_view(p, card=None) -> PatchView:
     return PatchView(name=p.name, layer=int(p.layer), features=tuple(int(f) for f in p.features),
                      mode=str(p.mode), method=str(p.method), enabled=bool(p.enabled),
-                     rank=p.rank, fidelity=p.fidelity, has_lora=p.method == "lora")
+                     rank=p.rank, fidelity=p.fidelity, has_lora=p.method == "lora",
+                     scorecard=card.summary() if card is not None else None)

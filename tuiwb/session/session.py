@@ -24,12 +24,14 @@ import time
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
 from tuiwb.choices import DEFAULT_DEVICE
 from tuiwb.errors import TuiwbError, warn
+from tuiwb.model.config import GenerateConfig
+from tuiwb.model.generate import stream_tokens
 from tuiwb.model.logits import LogitsResult, kl_divergence, next_token_logits, top_k
 from tuiwb.patch.config import FitConfig, check_rank
 from tuiwb.patch.edit import (FeatureEdit, Patch, check_name, default_name, edit_hook, format_mode, make_edit,
@@ -37,6 +39,7 @@ from tuiwb.patch.edit import (FeatureEdit, Patch, check_name, default_name, edit
 from tuiwb.patch.io import IDENTITY_KEYS, lora_manifest_fields
 from tuiwb.patch.lora_fit import fit_lora, fit_sequences, mean_kl
 from tuiwb.patch.rack import LoraRack
+from tuiwb.patch.sweep import DEFAULT_ALPHAS
 from tuiwb.sae.compat import check_same_model, check_sae_fits, sae_layer
 
 _BASELINE_CACHE = 256
@@ -70,6 +73,9 @@ class Session:
         self._prompt = ""
         self._subscribers: list = []  # callbacks of ``subscribe``
         self._origin = threading.local()  # who is making the current thread's changes (``changes_from``)
+        self._forced: frozenset[str] | None = None  # patches one generation step runs with (``_patch_state``)
+        self._continuations: OrderedDict[tuple, tuple[list[int], bool]] = OrderedDict()  # unpatched greedy runs
+        self._scorecards: dict[str, object] = {}  # patch name → its last ``Scorecard``
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -260,7 +266,8 @@ class Session:
         layers: dict[int, list[FeatureEdit]] = {}
         lora_on = []
         for n, p in self._patches.items():
-            if not p.enabled or self._suspended:
+            on = p.enabled if self._forced is None else n in self._forced
+            if not on or self._suspended:
                 continue
             if p.method == "hook":
                 layers.setdefault(p.layer, []).append(self._edits[n])
@@ -464,6 +471,7 @@ class Session:
             self._lora_meta[name] = lora_manifest_fields(p, edit, report, fid, src, held_src)
             self._patches[name] = replace(p, method="lora", rank=cfg.rank, fidelity=fid)
             self._baseline.clear()  # the injected wrappers compute the same, but stay strictly safe
+            self._continuations.clear()
             self._sync()
             self._publish({"type": "patches"})  # its kind is now "lora"
             return fid
@@ -548,3 +556,142 @@ class Session:
                 if p.enabled:
                     self._patches[p.name] = replace(p, enabled=False)
             self._sync()
+
+    # ---------------------------------------------------------------------- continuations (issue 13)
+    def generate(self, prompt: str, max_new_tokens: int = 24, patched: bool = True, greedy: bool = True,
+                 seed: int | None = None, *, temperature: float = 1.0, ignore_eos: bool = False) -> Iterator[int]:
+        """Stream the continuation of ``prompt``: new token ids, one by one, with the KV cache.
+
+        ``patched``: with the patches on now (the set is fixed when this is called: a toggle later
+        does not change a running generation); else unpatched. Every step holds the lock for one
+        forward only, so other calls (the logit pane) get in between steps. Closing the iterator
+        (or dropping it) stops the generation at the next token. Greedy unpatched runs are cached.
+        """
+        cfg = GenerateConfig(max_new_tokens=max_new_tokens, sample=not greedy, temperature=temperature, seed=seed,
+                             ignore_eos=ignore_eos)
+        with self._lock:
+            ids = self.loaded.encode(prompt)
+            names = self.active if patched else ()
+        return self._continue(ids, names, cfg)
+
+    def _continue(self, ids: list[int], names: tuple[str, ...], cfg: GenerateConfig) -> Iterator[int]:
+        key = (tuple(ids), cfg.ignore_eos) if not names and not cfg.sample else None
+        if key is not None and key in self._continuations:
+            done, complete = self._continuations[key]
+            if complete or len(done) >= cfg.max_new_tokens:
+                yield from done[: cfg.max_new_tokens]
+                return
+        out: list[int] = []
+        for tid in stream_tokens(self.loaded, ids, cfg, step=lambda: self._patch_state(names)):
+            out.append(tid)
+            yield tid
+        if key is not None:
+            complete = len(out) < cfg.max_new_tokens  # ended by EOS or the context: longer runs end alike
+            with self._lock:
+                self._continuations[key] = (out, complete)
+                while len(self._continuations) > _BASELINE_CACHE:
+                    self._continuations.popitem(last=False)
+
+    @contextlib.contextmanager
+    def _patch_state(self, names: tuple[str, ...]):
+        """The lock held and exactly ``names`` on (``()``: none) for the block; then the state before.
+
+        The user's on/off flags are not touched (``_forced`` overrides them in ``_sync``), so a
+        generation step never looks like a toggle to anyone watching the patches.
+        """
+        with self._lock:
+            missing = [n for n in names if n not in self._patches]
+            if missing:
+                raise TuiwbError(f"patch {missing[0]!r} was removed while a generation used it")
+            on_now = () if self._suspended else tuple(n for n, p in self._patches.items() if p.enabled)
+            if self._forced is None and set(on_now) == set(names):
+                yield
+                return
+            forced, suspended = self._forced, self._suspended
+            self._forced, self._suspended = frozenset(names), 0
+            self._sync()
+            try:
+                yield
+            finally:
+                self._forced, self._suspended = forced, suspended
+                self._sync()
+
+    def continuation(self, prompt: str, max_new_tokens: int = 24, patched: bool = True) -> list[int]:
+        """The whole greedy continuation (``generate`` collected)."""
+        return list(self.generate(prompt, max_new_tokens=max_new_tokens, patched=patched))
+
+    # --------------------------------------------------------------------------- scorecard (issue 13)
+    def evaluate_patch(self, names: Iterable[str], positive: Sequence[str], negative: Sequence[str] = (),
+                       target: str | None = None, max_new_tokens: int = 16):
+        """The ``Scorecard`` of the patches ``names`` (on together) over prompt sets A = ``positive``
+        (where they should act) and B = ``negative`` (where they should not); see
+        ``tuiwb.patch.scorecard``. Kept as each patch's last scorecard (``scorecard(name)``) and, for
+        a LoRA patch, written into its manifest by ``save_lora``."""
+        from tuiwb.errors import ParamError
+        from tuiwb.features.search import resolve_token
+        from tuiwb.patch.scorecard import score
+
+        names = tuple(dict.fromkeys(names))
+        if not names:
+            raise ParamError("names", "needs at least one patch")
+        if not positive:
+            raise ParamError("positive", "needs at least one prompt")
+        cfg = GenerateConfig(max_new_tokens=max_new_tokens)
+        with self._lock:
+            patches = [self.patch(n) for n in names]
+            target_id = resolve_token(target, self.loaded.tokenizer) if target else None
+            pos = [self.loaded.encode(t) for t in positive]
+            neg = [self.loaded.encode(t) for t in negative]
+
+            def logits(ids, patched):
+                if not patched:
+                    return self._baseline_logits(ids)
+                with self._patch_state(names):
+                    return self._forward_logits(ids)
+
+            def continuation(ids, patched):
+                return list(self._continue(ids, names if patched else (), cfg))
+
+            def fidelity():
+                out = {}
+                for p in patches:
+                    if p.method == "lora" and p.name in self._edits:
+                        with self.unpatched():
+                            out[p.name] = mean_kl(self.loaded, pos + neg,
+                                                  lambda p=p: self._only(hook_edit=self._edits[p.name]),
+                                                  lambda p=p: self._only(lora=p.name))
+                return out
+
+            card = score(names, target, pos, neg, logits, continuation, cfg.max_new_tokens, target_id, fidelity)
+            for p in patches:
+                self._scorecards[p.name] = card
+                if p.method == "lora" and p.name in self._lora_meta:
+                    self._lora_meta[p.name]["scorecard"] = card.to_json()
+            return card
+
+    def scorecard(self, name: str):
+        """The last ``Scorecard`` that included patch ``name`` (None: never evaluated)."""
+        with self._lock:
+            return self._scorecards.get(name)
+
+    # ------------------------------------------------------------------------ dose–response (issue 13)
+    def sweep(self, prompt: str, layer: int, feature: int, alphas: Sequence[float] = DEFAULT_ALPHAS,
+              target: str | None = None):
+        """Dose–response of ``feature`` at ``layer``: per α of ``scale=α`` on it alone (on the
+        unpatched model), P(target) — or P(the unpatched top token) — and the KL to the unpatched
+        next-token distribution. A ``tuiwb.patch.sweep.Sweep``."""
+        from tuiwb.features.search import resolve_token
+        from tuiwb.patch.edit import check_features
+        from tuiwb.patch.sweep import Sweep, check_alphas, dose_response
+
+        alphas = check_alphas(alphas)
+        with self._lock:
+            sae = self.sae(int(layer))
+            feature = check_features(sae, [feature])[0]
+            target_id = resolve_token(target, self.loaded.tokenizer) if target else None
+            ids = self.loaded.encode(prompt)
+            base = self._baseline_logits(ids)  # [vocab]
+            with self.unpatched():
+                tid, rows = dose_response(self.loaded, sae, ids, feature, alphas, base, target_id)
+            return Sweep(prompt=prompt, layer=int(layer), feature=int(feature),
+                         target=target if target else self.loaded.token_str(tid), target_id=tid, rows=rows)

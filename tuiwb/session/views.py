@@ -152,6 +152,8 @@ class PatchView:
     rank: int | None
     fidelity: float | None
     has_lora: bool
+    scorecard: str | None = None
+    """The patch's last scorecard, one line (``Scorecard.summary``); None: never scored."""
 
 
 @dataclass(frozen=True)
@@ -165,3 +167,38 @@ class LabInfo:
     """Layers with an SAE attached."""
     n_layers: int
     has_acts: bool
+
+
+@dataclass(frozen=True)
+class ContinuationView:
+    """The prompt's continuations so far, unpatched and patched (streamed: one per new token)."""
+
+    prompt: str
+    baseline: tuple[str, ...]
+    """Each generated token's text span (``TokenText.spans``), unpatched."""
+    patched: tuple[str, ...]
+    """The same with the patches on (equal to ``baseline`` when none is on)."""
+    diverge: int | None
+    """Index of the first token where the two differ (None: the same so far)."""
+    n_on: int
+    """How many patches were on."""
+    done: bool
+    """Both continuations are complete."""
+    max_new_tokens: int = 0
+    """How long each continuation may grow."""
+
+
+@dataclass(frozen=True)
+class SweepView:
+    """A dose–response curve of one feature, as the chart pane draws it."""
+
+    layer: int
+    feature: int
+    prompt: str
+    target: str
+    """The token whose probability is charted (as ``display_token`` draws it)."""
+    alphas: tuple[float, ...]
+    p: tuple[float, ...]
+    kl: tuple[float, ...]
+    top: tuple[str, ...]
+    """The most likely next token at each α (drawn visibly)."""

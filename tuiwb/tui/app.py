@@ -29,6 +29,7 @@ from tuiwb.session.views import PatchView
 from tuiwb.tui.screens.contrast import ContrastDialog, ContrastRequest
 from tuiwb.tui.screens.help import HelpScreen
 from tuiwb.tui.widgets.contexts import Contexts
+from tuiwb.tui.widgets.continuation import ContinuationPane
 from tuiwb.tui.widgets.feature_table import FeatureRowsView, FeatureTable
 from tuiwb.tui.widgets.key_bar import KeyBar
 from tuiwb.tui.widgets.logit_bars import LogitBars
@@ -40,9 +41,11 @@ from tuiwb.tui.widgets.token_cloud import TokenCloud
 from tuiwb.tui.messages import SessionChanged
 from tuiwb.tui.workers import TUI_ORIGIN, ModelWork
 
-PAGES = {1: "features-pane", 2: "detail-pane", 3: "logits-pane", 4: "patches-pane"}
-"""Narrow terminals show one of these at a time (keys 1..4); wide ones show all."""
-PAGE_FOCUS = {1: FeatureRowsView, 2: TokenCloud, 3: LogitBars, 4: PatchList}
+PAGES = {1: "features-pane", 2: "detail-pane", 3: "logits-pane", 4: "patches-pane", 5: "continuation-pane"}
+"""Narrow terminals show one of these at a time (keys 1..5); wide ones show all."""
+SCORING = "scoring"
+"""The busy state of a scorecard run (``r``)."""
+PAGE_FOCUS = {1: FeatureRowsView, 2: TokenCloud, 3: LogitBars, 4: PatchList, 5: ContinuationPane}
 
 
 class WorkbenchApp(ModelWork, App):
@@ -108,12 +111,19 @@ class WorkbenchApp(ModelWork, App):
         """The running long action's name (the status bar shows it; Esc cancels it)."""
         self.cancel_requested = False
         self.contrast_effect: str | None = None
+        self.continuations_painted = 0
+        """Count of continuation updates painted (one per streamed token; tests wait on it)."""
+        self.generations_cancelled: list[int] = []
+        """Tokens each superseded generation had made when it stopped (latest request wins)."""
+        self.gen_latencies: list[float] = []
+        """Key press → first patched continuation token painted, ms, one per toggle."""
+        self._gen_timed: set[int] = set()
 
     # --- layout ------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield PromptEditor(self.prompt, id="prompt")
         yield Tabs(*(Tab(f"{n} {t}", id=f"tab-{n}") for n, t in
-                     ((1, "Features"), (2, "Feature"), (3, "Logits"), (4, "Patches"))), id="pages")
+                     ((1, "Features"), (2, "Feature"), (3, "Logits"), (4, "Patches"), (5, "Continue"))), id="pages")
         with Container(id="main"):
             yield FeatureTable(id="features-pane", classes="page")
             with Vertical(id="detail-pane", classes="page"):
@@ -122,8 +132,11 @@ class WorkbenchApp(ModelWork, App):
                 yield ProvenanceView(id="provenance")
             with Vertical(id="logits-pane", classes="page"):
                 yield LogitBars(top_k=self.lab.top_k, id="logits")
+            with Vertical(id="continuation-pane", classes="page"):
+                yield ContinuationPane(id="continuation")
             with Vertical(id="patches-pane", classes="page"):
                 yield PatchList(id="patches")
+                yield Static("", id="scorecards", markup=False)
                 yield Static("", id="contrast-effect", markup=False)
         device = self.info.device + (f" {self.info.quant}" if self.info.quant else "")
         yield StatusBar(model=_short_model_id(self.info.model_id), device=device, fixed=self.fixed_status,
@@ -134,7 +147,8 @@ class WorkbenchApp(ModelWork, App):
         self.query_one("#pages", Tabs).can_focus = False
         for pid, title in (("cloud", "Token cloud"), ("contexts", "Top contexts"),
                            ("provenance", "Provenance"), ("logits-pane", "Next token"),
-                           ("patches-pane", "Patches"), ("prompt", "Prompt")):
+                           ("patches-pane", "Patches"), ("prompt", "Prompt"),
+                           ("continuation-pane", "Continuation")):
             self.query_one(f"#{pid}").border_title = title
         self._set_page(1)
         self.query_one(PatchList).show(self.patch_views, self.wanted)
@@ -268,6 +282,9 @@ class WorkbenchApp(ModelWork, App):
     def action_cancel_busy(self) -> None:
         if self.busy is None:
             return
+        if self.busy.startswith(SCORING):  # no progress steps to stop at: it ends in seconds
+            self.notify("the scorecard finishes in a few seconds; it cannot be cancelled", timeout=3)
+            return
         self.cancel_requested = True
         self.status.busy = f"cancelling {self.busy}…"
 
@@ -295,6 +312,30 @@ class WorkbenchApp(ModelWork, App):
             self.contrast_target = req.target
             self.start_busy(f"contrast search on layer {self.layer}" + (" (causal)" if req.target else ""))
             self._contrast_worker(self.layer, req)
+
+    def action_sweep(self) -> None:
+        """The dose-response chart of the selected feature on the prompt (its top token, or the contrast target)."""
+        f = self.table.selected
+        if f is None:
+            self.notify("select a feature first", severity="warning")
+            return
+        if not self.prompt.strip():
+            self.notify("type a prompt first (p): the sweep charts its next token", severity="warning")
+            return
+        self._sweep_worker(self.layer, f, self.prompt, None)
+
+    def action_scorecard(self) -> None:
+        name, _ = self._selected_patch()
+        if name is None:
+            self.notify("no patch for the selected feature: press space to make one", severity="warning")
+            return
+        if not self.contrast_prompts or not self.contrast_prompts[0]:
+            self.notify("no prompt sets yet: run a contrast search (c) first; its sets score the patch",
+                        severity="warning")
+            return
+        pos, neg = self.contrast_prompts
+        self.start_busy(f"{SCORING} {name} on {len(pos)} + {len(neg)} prompts")
+        self._scorecard_worker(name, list(pos), list(neg), self.contrast_target or None)
 
     def action_sort(self) -> None:
         label = self.table.next_sort()

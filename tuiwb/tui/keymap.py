@@ -65,6 +65,15 @@ KEYS: tuple[Key, ...] = (
         group="panes"),
     Key("3", "page(3)", "Logits", "show/focus the logit bars", "page-3", group="panes"),
     Key("4", "page(4)", "Patches", "show/focus the patch list", "page-4", group="panes"),
+    Key("5", "page(5)", "Continue",
+        "show/focus the continuations: the prompt continued unpatched and patched, side by side, first "
+        "divergence marked", "page-5", group="panes"),
+    Key("d", "sweep", "Dose–response",
+        "chart P(next token) and KL as the selected feature is scaled by α = -2..4 on the prompt",
+        "sweep", short="Dose"),
+    Key("r", "scorecard", "Scorecard",
+        "score the patch on the last contrast search's prompt sets: P(target) and continuations kept on A, "
+        "KL and continuations changed on B", "scorecard", short="Score"),
     Key("question_mark", "help", "Help", "show this help screen", "help", display="?"),
     Key("ctrl+s", "screenshot", "Screenshot", "save an SVG screenshot of the screen", "screenshot", short="Shot"),
     Key("q", "quit", "Quit", "leave the workbench", "quit"),
@@ -73,8 +82,8 @@ KEYS: tuple[Key, ...] = (
 )
 
 FOOTER_ORDER = ("help", "quit", "toggle-patch", "page-1", "search", "focus-prompt", "next-layer", "contrast",
-                "switch-method", "cycle-mode", "build-lora", "sort", "next-pane", "screenshot", "export-patch",
-                "provenance-patched")
+                "switch-method", "cycle-mode", "build-lora", "scorecard", "sweep", "sort", "next-pane", "screenshot",
+                "export-patch", "provenance-patched")
 """Footer entries, most important first: a narrow footer drops from the end (``?`` and ``q`` stay)."""
 
 
@@ -94,7 +103,8 @@ PANE_KEYS: dict[str, list[tuple[str, str]]] = {
     "Feature table": [("↑ ↓ PgUp PgDn Home End", "move the cursor (selects the feature)"),
                       ("Enter", "select the feature under the cursor")],
     "Token cloud": [("← →", "move between tokens; the token is highlighted in the contexts")],
-    "Patch list": [("↑ ↓", "choose the patch that space/a/m/b/e act on")],
+    "Patch list": [("↑ ↓", "choose the patch that space/a/m/b/e/r act on")],
+    "Dose–response": [("d Esc q", "close the chart")],
     "Search bar": [("Enter", "keep the filter and return to the table"), ("Esc", "clear the filter")],
     "Prompt": [("Enter", "recompute now (edits recompute after a short pause)"), ("Esc", "leave the editor")],
     "Anywhere": [("ctrl+p", "command palette: every action by name")],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from textual.message import Message
 
-from tuiwb.session.views import FeatureDetail, FeatureRows, LogitsView, PatchView
+from tuiwb.session.views import ContinuationView, FeatureDetail, FeatureRows, LogitsView, PatchView, SweepView
 
 
 @dataclass
@@ -101,3 +101,20 @@ class SessionChanged(Message):
     prompt: ``event`` is the Session's event (``{"type": "patches"}`` / ``{"type": "prompt", "text"}``)."""
 
     event: dict
+
+
+@dataclass
+class ContinuationReady(Message):
+    """The continuations so far (one message per new token)."""
+
+    request: int
+    view: ContinuationView
+    t_key: float | None
+    """``time.monotonic()`` of the key press behind it (None: not a toggle)."""
+
+
+@dataclass
+class SweepReady(Message):
+    """A dose–response curve to chart."""
+
+    view: SweepView

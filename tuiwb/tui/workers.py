@@ -17,11 +17,13 @@ from textual.worker import Worker, WorkerState
 
 from tuiwb.errors import TuiwbError
 from tuiwb.progress import CallbackProgress, ProgressEvent, describe
-from tuiwb.tui.messages import (BusyProgress, ContrastReady, DetailReady, Exported, LogitsReady, PatchesChanged,
-                                ProvenanceReady, SessionChanged, TableReady)
+from tuiwb.tui.messages import (BusyProgress, ContinuationReady, ContrastReady, DetailReady, Exported, LogitsReady,
+                                PatchesChanged, ProvenanceReady, SessionChanged, SweepReady, TableReady)
 from tuiwb.session.views import PatchView
 from tuiwb.tui.screens.contrast import ContrastRequest
+from tuiwb.tui.screens.sweep import SweepScreen
 from tuiwb.tui.widgets.contexts import Contexts
+from tuiwb.tui.widgets.continuation import ContinuationPane
 from tuiwb.tui.widgets.feature_table import FeatureTable
 from tuiwb.tui.widgets.logit_bars import LogitBars
 from tuiwb.tui.widgets.patches import PatchList
@@ -56,6 +58,7 @@ class ModelWork:
             if create is not None:
                 self._creates.append(create)
         rid = self._next("logits")
+        self._next("generate")  # the running continuation is stale now: it stops at its next token
         self._logits_worker(rid, self.prompt, set_prompt, t_key)
 
     def _want(self, name: str, on: bool) -> None:
@@ -128,6 +131,58 @@ class ModelWork:
         except TuiwbError as e:  # e.g. no SAE upstream of this layer: say so in the pane, not a toast
             text, message = str(e), True
         self.post_message(ProvenanceReady(rid, layer, feature, text, state, message))
+
+    # --- continuations: after the logit bars, streamed, latest request wins -------------------
+    def request_generate(self, t_key: float | None = None) -> None:
+        """Started once the logit bars are painted, so they never wait for a continuation."""
+        self._generate_worker(self._next("generate"), self.prompt, t_key)
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def _generate_worker(self, rid: int, prompt: str, t_key) -> None:
+        if not prompt.strip() or self._latest.get("generate") != rid:
+            return
+        stream = self.lab.continuations(prompt)
+        made = 0
+        try:
+            for view in stream:
+                if self._latest.get("generate") != rid:  # superseded: stop here, at this token
+                    self.generations_cancelled.append(made)
+                    return
+                made = max(len(view.baseline), len(view.patched))
+                self.post_message(ContinuationReady(rid, view, t_key))
+        finally:
+            stream.close()  # ends the Session's generators now, not at garbage collection
+
+    def on_continuation_ready(self, msg: ContinuationReady) -> None:
+        panes = self.query(ContinuationPane)  # none: a token that arrived while the app shuts down
+        if not self._fresh("generate", msg.request) or not panes:
+            return
+        panes.first().show(msg.view)
+        self.continuations_painted += 1
+        if msg.t_key is not None and msg.view.patched and msg.request not in self._gen_timed:
+            self._gen_timed.add(msg.request)
+            self.call_after_refresh(self._record_gen_latency, msg.t_key)
+
+    def _record_gen_latency(self, t_key: float) -> None:
+        self.gen_latencies.append((time.monotonic() - t_key) * 1e3)
+
+    # --- dose-response and scorecards (issue 13) -------------------------------------------------
+    @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
+    def _sweep_worker(self, layer: int, feature: int, prompt: str, target: str | None) -> None:
+        self.post_message(SweepReady(self.lab.sweep(layer, feature, prompt, target)))
+
+    def on_sweep_ready(self, msg: SweepReady) -> None:
+        if isinstance(self.screen, SweepScreen):
+            self.pop_screen()
+        self.push_screen(SweepScreen(msg.view))
+
+    @work(thread=True, group="scorecard", exclusive=True, exit_on_error=False)
+    def _scorecard_worker(self, name: str, positive: list[str], negative: list[str], target: str | None) -> None:
+        try:
+            summary = self.lab.scorecard(name, positive, negative, target)
+        finally:
+            self.call_from_thread(self.end_busy)
+        self.post_message(PatchesChanged(self.lab.patches(), f"{name} scorecard: {summary}"))
 
     # --- the busy state (status bar) of long actions --------------------------------------------
     def start_busy(self, what: str) -> None:
@@ -217,6 +272,8 @@ class ModelWork:
         self.status.model_ms = msg.view.model_ms
         if msg.t_key is not None:
             self.call_after_refresh(self._record_latency, msg.t_key)
+        # after the repaint (and its timing): the bars are on screen before a generation competes for the GIL
+        self.call_after_refresh(self.request_generate, msg.t_key)
 
     def _record_latency(self, t_key: float) -> None:
         ms = (time.monotonic() - t_key) * 1e3
@@ -240,7 +297,7 @@ class ModelWork:
         self._select_timer = self.set_timer(SELECT_DEBOUNCE_S, partial(self.request_feature, msg.layer, msg.feature))
 
     def on_detail_ready(self, msg: DetailReady) -> None:
-        if not self._fresh("detail", msg.request):
+        if not self._fresh("detail", msg.request) or not self.query(TokenCloud):  # none: shutting down
             return
         d = msg.detail
         cloud = self.query_one(TokenCloud)
@@ -299,7 +356,7 @@ class ModelWork:
         """The one place worker errors end up: a notification; the app keeps running."""
         if event.state != WorkerState.ERROR:
             return
-        if event.worker.group in ("edit", "contrast"):
+        if event.worker.group in ("edit", "contrast", "scorecard"):
             self.end_busy()
         err = event.worker.error
         if isinstance(err, TuiwbError):
@@ -315,6 +372,10 @@ class ModelWork:
             self.wanted.setdefault(p.name, p.enabled)
         self.query_one(PatchList).show(patches, self.wanted)
         self._mark_table()
+        cards = [f"{p.name}: {p.scorecard}" for p in patches if p.scorecard]
+        box = self.query_one("#scorecards")
+        box.update("\n".join(cards))
+        box.display = bool(cards)
 
     def _mark_table(self) -> None:
         marks: dict[int, str] = {}

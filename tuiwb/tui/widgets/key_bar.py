@@ -12,7 +12,7 @@ from textual.widget import Widget
 
 from tuiwb.tui.keymap import FOOTER_ORDER, KEYS, key_label
 
-_GROUP_LABELS = {"panes": ("1234", "Pages")}
+_GROUP_LABELS = {"panes": ("1-5", "Pages")}
 
 
 def entries() -> list[tuple[str, str, str]]:
