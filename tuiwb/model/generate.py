@@ -65,7 +65,8 @@ def stream_tokens(loaded: LoadedModel, ids: Sequence[int], cfg: GenerateConfig, 
                 new = seq if past is None else seq[-1:]  # the whole prompt once, then one token per step
                 out = loaded.model(input_ids=torch.tensor([new], device=loaded.device), use_cache=True,
                                    **{cache_arg: past})
-                past = out.get("cache", out.get("past_key_values"))
+                # read the deprecated key only when the new one is absent (reading it warns)
+                past = out["cache"] if "cache" in out else out.get("past_key_values")
             else:
                 out = loaded.model(input_ids=torch.tensor([seq], device=loaded.device), use_cache=False)
             logits = out.logits[0, -1]  # [vocab]
